@@ -1,0 +1,237 @@
+"""Segmentation metrics from one confusion matrix: pixel accuracy, per-class IoU and mIoU.
+
+Every segmentation score is a ratio of pixel counts, so we count once and derive
+the rest. Counting into a ``num_classes x num_classes`` matrix over a whole
+validation set (rather than averaging per-image scores) is what the VOC
+benchmark does (Everingham et al., 2010): a class that fills one image and
+a class that fills a hundred weigh by their pixels, and a matrix from each GPU
+can simply be summed.
+
+Rows are the ground truth, columns the prediction. For class ``c`` with ``TP``
+on the diagonal, ``FN`` the rest of row ``c`` and ``FP`` the rest of column ``c``:
+
+    IoU_c = TP / (TP + FP + FN),   mIoU = mean of IoU_c over the classes that occur,
+
+where a class *occurs* when it is in the ground truth or in the prediction. A
+class predicted but absent from the ground truth has IoU 0 and pulls the mean
+down (the model hallucinated it); a class in neither is NaN and left out.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["ConfusionMatrix", "confusion_matrix"]
+
+_MAX_LISTED = 10  # bad ids named in an error message
+
+
+def _as_ids(x, what: str) -> torch.Tensor:
+    """Check that ``x`` holds integer class ids; logits and probabilities get a pointed error."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a tensor (or NumPy array) of class ids, got {type(x).__name__}.")
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        hint = " This looks like logits of shape (B, C, H, W): pass logits.argmax(1)." if x.dim() == 4 else ""
+        raise TypeError(f"{what} must hold integer class ids, got dtype {x.dtype} with shape {tuple(x.shape)}.{hint}")
+    return x
+
+
+def _out_of_range(values: torch.Tensor, num_classes: int) -> list[int]:
+    """The distinct values outside ``0..num_classes-1`` (at most a few, for an error message)."""
+    bad = values[(values < 0) | (values >= num_classes)]
+    return bad.unique()[:_MAX_LISTED].tolist()
+
+
+def confusion_matrix(pred, target, num_classes: int, ignore_index: int | None = 255) -> torch.Tensor:
+    """Count (target, prediction) pairs into an int64 ``(num_classes, num_classes)`` matrix.
+
+    ``pred`` and ``target`` are class ids of the same shape (e.g. ``(B, H, W)``),
+    any integer dtype, on one device; the matrix is built there. Pixels whose
+    target is ``ignore_index`` are skipped. Any other id outside
+    ``0..num_classes-1``, in the target or the prediction, raises: a label that
+    was read through its RGB colours, or a model with the wrong number of
+    outputs, must not pass quietly as a lower score.
+    """
+    pred, target = _as_ids(pred, "pred"), _as_ids(target, "target")
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have the same shape, got pred {tuple(pred.shape)} "
+                         f"and target {tuple(target.shape)}.")
+    if pred.device != target.device:
+        raise ValueError(f"pred is on {pred.device} and target on {target.device}; move both to one device "
+                         "(e.g. target.to(pred.device)).")
+    counted = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+    target, pred = target[counted].long(), pred.long()  # (N,) over counted pixels; pred checked everywhere
+    bad_target = _out_of_range(target, num_classes)
+    if bad_target:
+        ignore = "" if ignore_index is None else f" and not the ignore index {ignore_index}"
+        raise ValueError(f"target holds class ids {bad_target} outside 0..{num_classes - 1}{ignore}. "
+                         "Read labels as palette indices (not RGB colours) and check num_classes.")
+    bad_pred = _out_of_range(pred, num_classes)
+    if bad_pred:
+        raise ValueError(f"pred holds class ids {bad_pred} outside 0..{num_classes - 1}; "
+                         f"the model should have {num_classes} output channels.")
+    pairs = num_classes * target + pred[counted]  # (N,) one bin per (target, pred) pair
+    return torch.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``num / den`` in float64, NaN where ``den`` is 0 (a class that never occurs has no score)."""
+    num, den = num.double(), den.double()
+    return torch.where(den > 0, num / den.clamp(min=1), torch.full_like(num, math.nan))
+
+
+class ConfusionMatrix:
+    """Accumulates a confusion matrix over batches and derives pixel accuracy, IoU and mIoU.
+
+    ``update`` takes class ids, not logits (pass ``logits.argmax(1)``): the
+    metric should score the same decision the reader sees in the figures. The
+    counts stay on the device of the data, so a GPU evaluation loop does not
+    copy labels to the CPU; the derived scores are CPU float64.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255,
+                 class_names: Sequence[str] | None = None) -> None:
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.class_names = self._check_names(class_names)
+        self._matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    @classmethod
+    def from_matrix(cls, matrix, ignore_index: int | None = 255,
+                    class_names: Sequence[str] | None = None) -> ConfusionMatrix:
+        """Wrap counts made elsewhere (rows = target, columns = prediction), e.g. a hand-made example."""
+        matrix = torch.as_tensor(matrix)
+        if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"a confusion matrix must be square, got shape {tuple(matrix.shape)}.")
+        if matrix.is_floating_point() or (matrix < 0).any():
+            raise ValueError("a confusion matrix holds non-negative integer pixel counts.")
+        cm = cls(matrix.shape[0], ignore_index=ignore_index, class_names=class_names)
+        cm._matrix = matrix.to(torch.int64).clone()
+        return cm
+
+    def _check_names(self, names: Sequence[str] | None) -> tuple[str, ...] | None:
+        if names is None:
+            return None
+        names = tuple(names)
+        if len(names) != self.num_classes:
+            raise ValueError(f"got {len(names)} class names for {self.num_classes} classes.")
+        return names
+
+    # -- counting -------------------------------------------------------------------------------
+
+    def update(self, pred, target) -> ConfusionMatrix:
+        """Add one batch: ``pred`` and ``target`` are class ids of one shape, ``(B, H, W)`` or ``(H, W)``."""
+        counts = confusion_matrix(pred, target, self.num_classes, self.ignore_index)
+        self._matrix = self._matrix.to(counts.device) + counts
+        return self
+
+    def reset(self) -> None:
+        """Start counting again (at the start of each evaluation)."""
+        self._matrix = torch.zeros_like(self._matrix)
+
+    def _check_compatible(self, other: ConfusionMatrix) -> None:
+        if not isinstance(other, ConfusionMatrix):
+            raise TypeError(f"can only merge another ConfusionMatrix, got {type(other).__name__}.")
+        if (other.num_classes, other.ignore_index) != (self.num_classes, self.ignore_index):
+            raise ValueError(f"cannot merge a matrix for {other.num_classes} classes (ignore {other.ignore_index}) "
+                             f"into one for {self.num_classes} classes (ignore {self.ignore_index}).")
+
+    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
+        """Add another matrix's counts into this one (e.g. two halves of a validation set)."""
+        self._check_compatible(other)
+        self._matrix = self._matrix + other._matrix.to(self._matrix.device)
+        return self
+
+    def __iadd__(self, other: ConfusionMatrix) -> ConfusionMatrix:
+        return self.merge(other)
+
+    def all_reduce(self) -> ConfusionMatrix:
+        """Sum the counts of every ``torch.distributed`` rank in place; a no-op without a process group.
+
+        Call it once after the last ``update`` of an evaluation: every rank then
+        holds the global counts. Calling it twice would count everything twice.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        if dist.get_backend() == "nccl" and self._matrix.device.type != "cuda":
+            self._matrix = self._matrix.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(self._matrix, op=dist.ReduceOp.SUM)
+        return self
+
+    # -- scores -----------------------------------------------------------------------------------
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The counts as a CPU int64 ``(num_classes, num_classes)`` copy; rows = target, columns = prediction."""
+        return self._matrix.detach().to("cpu", copy=True)
+
+    @property
+    def total(self) -> int:
+        """Pixels counted so far (ignored pixels excluded)."""
+        return int(self._matrix.sum())
+
+    @property
+    def pixel_accuracy(self) -> float:
+        """Fraction of counted pixels predicted right; NaN before any pixel is counted."""
+        m = self.matrix
+        return float(_ratio(m.diagonal().sum(), m.sum()))
+
+    @property
+    def iou(self) -> torch.Tensor:
+        """Per-class ``TP / (TP + FP + FN)``, float64 ``(num_classes,)``.
+
+        NaN marks a class in neither the target nor the prediction: it has no score, not a score of 0.
+        """
+        m = self.matrix
+        tp = m.diagonal()  # (K,)
+        return _ratio(tp, m.sum(1) + m.sum(0) - tp)  # row sums: target pixels, column sums: predicted pixels
+
+    @property
+    def miou(self) -> float:
+        """Mean IoU over the classes in the target or the prediction; NaN when there are none."""
+        iou = self.iou
+        present = ~iou.isnan()
+        return float(iou[present].mean()) if present.any() else math.nan
+
+    @property
+    def class_accuracy(self) -> torch.Tensor:
+        """Per-class recall ``TP / (TP + FN)``; NaN for a class absent from the target."""
+        m = self.matrix
+        return _ratio(m.diagonal(), m.sum(1))
+
+    def as_dict(self) -> dict[str, float | list[float]]:
+        """Plain Python floats, ready for a history list, JSON or a DataFrame."""
+        return {"pixel_acc": self.pixel_accuracy, "miou": self.miou, "iou": self.iou.tolist()}
+
+    def table(self, class_names: Sequence[str] | None = None, digits: int = 3) -> str:
+        """Per-class IoU and target pixel counts; "-" marks a class in neither target nor prediction."""
+        names = (self._check_names(class_names) or self.class_names
+                 or tuple(f"class {i}" for i in range(self.num_classes)))
+        iou, pixels = self.iou, self.matrix.sum(1)
+        counts = [f"{count:,}" for count in pixels.tolist()]
+        width = max(len("pixel accuracy"), *(len(n) for n in names))
+        score_w, count_w = max(len("IoU"), digits + 2), max(len("pixels"), *(len(c) for c in counts))
+        lines = [f"{'class':<{width}}  {'IoU':>{score_w}}  {'pixels':>{count_w}}"]
+        for name, value, count in zip(names, iou.tolist(), counts):
+            shown = "-" if math.isnan(value) else f"{value:.{digits}f}"
+            lines.append(f"{name:<{width}}  {shown:>{score_w}}  {count:>{count_w}}")
+        lines.append("-" * len(lines[0]))
+        present = int((~iou.isnan()).sum())
+        for label, value in (("mIoU", self.miou), ("pixel accuracy", self.pixel_accuracy)):
+            shown = "-" if math.isnan(value) else f"{value:.{digits}f}"
+            lines.append(f"{label:<{width}}  {shown:>{score_w}}")
+        lines[-2] += f"  (mean over {present} of {self.num_classes} classes)"
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"ConfusionMatrix(num_classes={self.num_classes}, pixels={self.total}, "
+                f"pixel_acc={self.pixel_accuracy:.3f}, miou={self.miou:.3f})")

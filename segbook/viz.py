@@ -1,0 +1,266 @@
+"""Pictures of segmentations: label maps in VOC's colours, overlays, sample grids and training curves.
+
+Everything here returns a matplotlib ``Figure`` and never calls ``plt.show()``:
+the notebook decides when to show, and the stored PNG depends only on the data
+(no timestamps, no random colours). Label maps are drawn with VOC's own palette,
+so a picture here looks like the PNGs in ``SegmentationClass/``, the 255
+border band included.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from .data.voc import IGNORE_INDEX, NUM_CLASSES, VOC_BORDER_COLOR, VOC_CLASSES, VOC_COLORMAP
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "class_legend", "colorize", "overlay", "plot_history",
+           "show_image_grid", "show_samples", "to_rgb"]
+
+# The statistics torchvision's ImageNet weights were trained with; float images are assumed normalised by them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_LUT = np.zeros((256, 3), dtype=np.uint8)  # class id -> RGB; ids 21..254 never reach it
+_LUT[:NUM_CLASSES] = VOC_COLORMAP
+_LUT[IGNORE_INDEX] = VOC_BORDER_COLOR
+
+_LOSS_KEYS = ("train_loss", "val_loss")
+_SCORE_KEYS = ("val_pixel_acc", "val_miou")
+_NICE_NAMES = {"train_loss": "train loss", "val_loss": "val loss", "val_pixel_acc": "val pixel acc",
+               "val_miou": "val mIoU", "train_miou": "train mIoU", "train_pixel_acc": "train pixel acc"}
+
+
+def _numpy(x) -> np.ndarray:
+    """A CPU NumPy view of a tensor (any device) or array."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _class_ids(label, what: str = "label") -> np.ndarray:
+    """``label`` as an int64 array of VOC ids; anything but 0..20 and 255 raises, naming the values."""
+    ids = _numpy(label)
+    if not np.issubdtype(ids.dtype, np.integer):
+        hint = " This looks like logits of shape (B, C, H, W): pass logits.argmax(1)." if ids.ndim == 4 else ""
+        raise TypeError(f"{what} must hold integer class ids, got dtype {ids.dtype} with shape {ids.shape}.{hint}")
+    ids = ids.astype(np.int64, copy=False)
+    bad = np.unique(ids[((ids < 0) | (ids >= NUM_CLASSES)) & (ids != IGNORE_INDEX)])
+    if bad.size:
+        raise ValueError(f"{what} holds ids {bad[:10].tolist()} that are not VOC classes (0..{NUM_CLASSES - 1}) "
+                         f"or the ignore index {IGNORE_INDEX}; read labels as palette indices, not RGB colours.")
+    return ids
+
+
+def colorize(label) -> np.ndarray:
+    """VOC colours for a map of class ids: ``(H, W)`` ids -> ``(H, W, 3)`` uint8 (255 in the border colour).
+
+    Accepts a tensor on any device or an array, of any integer dtype; any
+    leading dimensions are kept (``(B, H, W)`` -> ``(B, H, W, 3)``).
+    """
+    return _LUT[_class_ids(label)]
+
+
+def to_rgb(image, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+           denormalize: Callable | None = None) -> np.ndarray:
+    """Any one image the book handles, as ``(H, W, 3)`` uint8 for matplotlib.
+
+    uint8 images are used as they are: a tensor is ``(3, H, W)`` (torchvision's
+    layout), an array ``(H, W, 3)`` (PIL's). Float images are what the model
+    sees, i.e. normalised: ``denormalize`` undoes that when given, otherwise
+    ``x * std + mean`` with ImageNet's statistics (pass ``mean=(0, 0, 0),
+    std=(1, 1, 1)`` for a float image in [0, 1]).
+    """
+    if denormalize is not None:
+        image = denormalize(image)
+    chw = isinstance(image, torch.Tensor)
+    x = _numpy(image)
+    if x.ndim != 3 or 3 not in (x.shape[0], x.shape[-1]):
+        hint = " For a batch, pass one image: images[i]." if x.ndim == 4 else ""
+        raise ValueError(f"expected one RGB image, (3, H, W) or (H, W, 3), got shape {x.shape}.{hint}")
+    if x.shape[-1] != 3 or (chw and x.shape[0] == 3):
+        x = x.transpose(1, 2, 0)  # (H, W, 3)
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"an image is uint8 in 0..255 or float (normalised), got dtype {x.dtype}.")
+    if denormalize is None:
+        x = x * np.asarray(std, dtype=np.float64) + np.asarray(mean, dtype=np.float64)  # (H, W, 3) in [0, 1]
+    return (np.clip(x, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def overlay(image, label, alpha: float = 0.5, *, mean: Sequence[float] = IMAGENET_MEAN,
+            std: Sequence[float] = IMAGENET_STD, denormalize: Callable | None = None) -> np.ndarray:
+    """Blend the label's VOC colours over the image: ``(1 - alpha) * image + alpha * colours``, ``(H, W, 3)`` uint8.
+
+    Seeing the mask on top of the photo is how one spots labels that are
+    shifted, too coarse, or flipped differently from the image by an
+    augmentation. ``image`` is anything :func:`to_rgb` takes.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    rgb = to_rgb(image, mean=mean, std=std, denormalize=denormalize)  # (H, W, 3)
+    colours = colorize(label)  # (H, W, 3)
+    if rgb.shape != colours.shape:
+        raise ValueError(f"image {rgb.shape[:2]} and label {colours.shape[:2]} differ in size (H, W); "
+                         "transform them together (segbook.data.transforms) so they stay aligned.")
+    blend = (1.0 - alpha) * rgb.astype(np.float64) + alpha * colours.astype(np.float64)
+    return blend.round().astype(np.uint8)
+
+
+def _names_in(ids: np.ndarray, class_names: Sequence[str], most: int = 3) -> str:
+    """The classes present in a label map (background and ignore left out), for a panel title."""
+    present = [int(i) for i in np.unique(ids) if 0 < i < len(class_names)]
+    names = [class_names[i] for i in present[:most]]
+    if len(present) > most:
+        names.append(f"+{len(present) - most}")
+    return ", ".join(names) if names else class_names[0]
+
+
+def show_samples(images, labels, preds=None, *, max_rows: int = 4, titles: bool = True,
+                 class_names: Sequence[str] = VOC_CLASSES, alpha: float = 0.5,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 denormalize: Callable | None = None) -> Figure:
+    """One row per sample: image, ground truth, ground truth over the image, and the prediction when given.
+
+    ``images`` is a batch ``(B, 3, H, W)`` or a list of images (see :func:`to_rgb`);
+    ``labels`` and ``preds`` are class ids ``(B, H, W)`` (pass ``logits.argmax(1)``).
+    With ``titles`` the columns are named and each label panel lists the
+    classes in it, so a reader can tell "cat" from "dog" without a legend.
+    """
+    images, labels = list(images), list(labels)  # a batch or a sequence: one item per sample
+    if len(images) != len(labels):
+        raise ValueError(f"got {len(images)} images but {len(labels)} labels.")
+    if preds is not None:
+        if isinstance(preds, (torch.Tensor, np.ndarray)):
+            preds = _class_ids(preds, "preds")  # a whole batch: catches logits with a hint
+        preds = list(preds)
+        if len(preds) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(preds)} predictions.")
+    rows = min(len(images), max_rows)
+    if rows == 0:
+        raise ValueError("show_samples needs at least one sample.")
+    columns = ["image", "ground truth", "overlay"] + (["prediction"] if preds is not None else [])
+    fig, axes = plt.subplots(rows, len(columns), figsize=(2.6 * len(columns), 2.6 * rows), squeeze=False)
+    for r in range(rows):
+        panels = {"image": to_rgb(images[r], mean=mean, std=std, denormalize=denormalize),
+                  "ground truth": colorize(labels[r]),
+                  "overlay": overlay(images[r], labels[r], alpha, mean=mean, std=std, denormalize=denormalize)}
+        captions = {"ground truth": _names_in(_class_ids(labels[r]), class_names)}
+        if preds is not None:
+            panels["prediction"] = colorize(preds[r])
+            captions["prediction"] = _names_in(_class_ids(preds[r], "preds"), class_names)
+        for ax, column in zip(axes[r], columns):
+            ax.imshow(panels[column], interpolation="nearest")
+            ax.set_axis_off()
+            if titles:
+                lines = ([column] if r == 0 else []) + ([captions[column]] if column in captions else [])
+                ax.set_title("\n".join(lines), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def class_legend(class_ids=None, ax: Axes | None = None, *, class_names: Sequence[str] = VOC_CLASSES,
+                 ncol: int = 4) -> Figure:
+    """A legend of VOC colours: the given ids (e.g. ``label.unique()``), else all 21 classes and the ignore band."""
+    if class_ids is None:
+        ids = list(range(NUM_CLASSES)) + [IGNORE_INDEX]
+    else:
+        ids = list(dict.fromkeys(_class_ids(np.atleast_1d(_numpy(class_ids)), "class_ids").tolist()))
+    handles = [Patch(facecolor=_LUT[i] / 255.0, edgecolor="0.4",
+                     label=f"ignore ({IGNORE_INDEX})" if i == IGNORE_INDEX else f"{i} {class_names[i]}")
+               for i in ids]
+    if ax is None:
+        rows = max(1, -(-len(handles) // ncol))
+        fig, ax = plt.subplots(figsize=(1.8 * min(ncol, max(1, len(handles))), 0.3 * rows + 0.2))
+    ax.set_axis_off()
+    ax.legend(handles=handles, loc="center", ncol=min(ncol, max(1, len(handles))), frameon=False,
+              fontsize=9, handlelength=1.2)
+    return ax.figure
+
+
+def _series(history: Sequence[Mapping], key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) for the epochs that logged ``key``; the epoch is 1-based when not logged."""
+    xs, ys = [], []
+    for i, entry in enumerate(history):
+        value = entry.get(key)
+        if value is None:
+            continue
+        value = float(value)
+        if value == value:  # NaN: nothing to draw
+            xs.append(float(entry.get("epoch", i + 1)))
+            ys.append(value)
+    return xs, ys
+
+
+def plot_history(history: Sequence[Mapping], *, keys: Sequence[str] | None = None,
+                 axes: Sequence[Axes] | None = None) -> Figure:
+    """Training curves: losses on the left, pixel accuracy and mIoU on the right, one point per epoch.
+
+    ``history`` is a list of per-epoch dicts (``epoch``, ``train_loss``,
+    ``val_loss``, ``val_pixel_acc``, ``val_miou``); missing keys or epochs are
+    skipped, so it can be drawn after the first epoch. ``keys`` picks what to
+    draw (names ending in ``loss`` go left, the rest right). Pass the two
+    ``axes`` of an earlier call to redraw in place, as a live plot does each epoch.
+    """
+    keys = tuple(keys) if keys is not None else _LOSS_KEYS + _SCORE_KEYS
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    if len(axes) != 2:
+        raise ValueError(f"plot_history draws two panels (losses, scores); got {len(axes)} axes.")
+    loss_ax, score_ax = axes
+    for ax, panel_keys, ylabel in ((loss_ax, [k for k in keys if k.endswith("loss")], "loss"),
+                                   (score_ax, [k for k in keys if not k.endswith("loss")], "score")):
+        ax.clear()
+        drawn = 0
+        for key in panel_keys:
+            xs, ys = _series(history, key)
+            if xs:
+                ax.plot(xs, ys, marker="o", markersize=3, label=_NICE_NAMES.get(key, key))
+                drawn += 1
+        if drawn:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "nothing logged yet", ha="center", va="center", transform=ax.transAxes, color="0.5")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    score_ax.set_ylim(0.0, 1.0)  # accuracy and IoU are fractions: a fixed scale keeps runs comparable
+    loss_ax.set_title("loss")
+    score_ax.set_title("scores")
+    fig = loss_ax.figure
+    fig.tight_layout()
+    return fig
+
+
+def show_image_grid(images, titles: Sequence[str] | None = None, ncols: int = 4, *,
+                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                    denormalize: Callable | None = None) -> Figure:
+    """A grid of pictures; 2-D integer arrays are drawn as label maps in VOC colours, the rest as images."""
+    items = list(images)
+    if not items:
+        raise ValueError("show_image_grid needs at least one image.")
+    if titles is not None and len(titles) != len(items):
+        raise ValueError(f"got {len(titles)} titles for {len(items)} images.")
+    ncols = max(1, min(ncols, len(items)))
+    nrows = -(-len(items) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.6 * nrows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= len(items):
+            continue
+        x = _numpy(items[i])
+        is_label = x.ndim == 2 and np.issubdtype(x.dtype, np.integer)
+        picture = colorize(x) if is_label else to_rgb(items[i], mean=mean, std=std, denormalize=denormalize)
+        ax.imshow(picture, interpolation="nearest")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,196 @@
+"""Download Pascal VOC2012 once, check it, and never leave a half-made copy.
+
+The archive is about 2 GB, so every step is built to be safe to interrupt:
+the bytes stream into a temporary file, the MD5 is checked before anything is
+unpacked, and the archive is unpacked into a temporary folder next to the
+target that is renamed into place only when it is complete. If a folder named
+``VOCdevkit/VOC2012`` exists, it is therefore whole, and a second call returns it
+without touching the network.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from ..env import data_home
+
+VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"  # the official host
+# Tried in turn when the one before fails: the host torchvision now uses, then the official host over HTTPS.
+VOC_MIRRORS = (
+    "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+    "https://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+)
+VOC_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"  # torchvision.datasets.voc's value for the 2012 trainval tar
+VOC_ARCHIVE_NAME = "VOCtrainval_11-May-2012.tar"
+VOC_SUBDIR = PurePosixPath("VOCdevkit", "VOC2012")  # where the archive puts the dataset
+_PARTIAL_PREFIX = ".voc2012-partial-"
+_CHUNK = 1 << 20  # 1 MiB
+
+
+class ChecksumError(RuntimeError):
+    """The downloaded archive is not the one expected (truncated, or altered on the way)."""
+
+
+def _by_hand(root: Path) -> str:
+    return (f"To get VOC2012 by hand: download {VOC_ARCHIVE_NAME} (from {VOC_URL} or a mirror) in a browser, "
+            f"then either put the .tar in {root} and call download_voc2012() again (it is checked, not re-fetched), "
+            f"or extract it anywhere and set SEGBOOK_VOC_ROOT to the folder that holds VOCdevkit/VOC2012.")
+
+
+def is_complete(voc_dir: Path) -> bool:
+    """True when ``voc_dir`` is a finished VOC2012 folder (only a complete one is ever renamed into place)."""
+    return (voc_dir / "ImageSets" / "Segmentation" / "train.txt").is_file() and \
+        (voc_dir / "JPEGImages").is_dir() and (voc_dir / "SegmentationClass").is_dir()
+
+
+def _missing_files(voc_dir: Path) -> list[Path]:
+    """Images and labels that a split file names but the folder lacks.
+
+    A tar cut short at a header boundary reads as a shorter, valid archive
+    (tarfile stops quietly), so completeness is checked against the split files.
+    """
+    present = {sub: set(os.listdir(voc_dir / sub)) for sub in ("JPEGImages", "SegmentationClass")}
+    missing = []
+    for split_file in sorted((voc_dir / "ImageSets" / "Segmentation").glob("*.txt")):
+        for image_id in filter(None, map(str.strip, split_file.read_text().splitlines())):
+            for sub, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
+                if image_id + suffix not in present[sub]:
+                    missing.append(voc_dir / sub / (image_id + suffix))
+    return missing
+
+
+def file_md5(path: Path, chunk: int = _CHUNK) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fetch(url: str, dest: Path, *, progress: bool, timeout: float) -> None:
+    """Stream ``url`` into ``dest`` with a progress bar; ``file://`` URLs work too (the tests use them)."""
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=VOC_ARCHIVE_NAME,
+                  disable=not progress) as bar:
+            for block in iter(lambda: response.read(_CHUNK), b""):
+                out.write(block)
+                bar.update(len(block))
+
+
+def _check_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
+    """Refuse any member that would land outside the target folder (absolute paths, '..', outward links).
+
+    ``filter="data"`` (Python 3.12, and patch releases of 3.8-3.11) refuses these too;
+    this check makes the same promise on every Python and names the member.
+    """
+    members = tar.getmembers()
+    for member in members:
+        name = PurePosixPath(member.name)
+        targets = [name]
+        if member.issym():
+            targets.append(name.parent / member.linkname)
+        elif member.islnk():
+            targets.append(PurePosixPath(member.linkname))
+        for target in targets:
+            if target.is_absolute() or ".." in target.parts:  # an absolute link target stays absolute after "/"
+                raise ValueError(f"{archive}: member {member.name!r} would be written outside the target folder; "
+                                 "refusing to extract an archive that is not VOC's. Delete it and download again.")
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise ValueError(f"{archive}: member {member.name!r} is not a file or folder; refusing to extract it.")
+    return members
+
+
+def _extract(archive: Path, root: Path, target: Path, *, progress: bool) -> None:
+    """Unpack into a temporary folder beside ``target`` and rename ``VOCdevkit/VOC2012`` into place when done."""
+    partial = Path(tempfile.mkdtemp(prefix=_PARTIAL_PREFIX, dir=root))
+    try:
+        with tarfile.open(archive) as tar:
+            members = _check_members(tar, archive)
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            for member in tqdm(members, desc="extracting", unit="file", disable=not progress):
+                tar.extract(member, partial, **safe)
+        unpacked = partial / VOC_SUBDIR
+        if not is_complete(unpacked):
+            raise ValueError(f"{archive} holds no complete {VOC_SUBDIR} (JPEGImages/, SegmentationClass/, "
+                             "ImageSets/Segmentation/train.txt); it is not VOC2012's trainval archive.")
+        missing = _missing_files(unpacked)
+        if missing:
+            raise ValueError(f"{archive} is incomplete: its split files name {len(missing)} files it does not hold "
+                             f"(first: {missing[0].relative_to(partial).as_posix()}). Delete it and download again.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(unpacked, target)  # atomic on one file system: the target appears whole or not at all
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def download_voc2012(root: os.PathLike | str | None = None, *, url: str = VOC_URL, md5: str = VOC_MD5,
+                     progress: bool = True, mirrors: Sequence[str] = VOC_MIRRORS, timeout: float = 60.0) -> Path:
+    """Return ``root/VOCdevkit/VOC2012``, downloading and extracting VOC2012 only if it is not there yet.
+
+    ``root`` defaults to ``segbook.env.data_home() / "voc"``. ``url`` is tried
+    first, then each of ``mirrors``. A ``VOCtrainval_11-May-2012.tar`` already in
+    ``root`` (one fetched by hand) is checked and used instead of the network.
+    The archive is removed after a successful extraction if this call fetched
+    it; one you put there is left alone.
+
+    Raises ``ChecksumError`` when no source gave an archive with ``md5`` and
+    ``ConnectionError`` when none could be reached; both say how to get VOC2012
+    by hand. Nothing half-made is left behind: no partial archive, no partial folder.
+    """
+    root = Path(root).expanduser() if root is not None else data_home() / "voc"
+    target = root / VOC_SUBDIR
+    if is_complete(target):
+        return target
+    if target.exists():
+        raise FileExistsError(f"{target} exists but is not a complete VOC2012 folder (no JPEGImages/, "
+                              "SegmentationClass/ or ImageSets/Segmentation/train.txt). Delete it and call again.")
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(_PARTIAL_PREFIX + "*"):  # left by a run that was killed outright
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in root.glob(VOC_ARCHIVE_NAME + ".*.part"):
+        stale.unlink(missing_ok=True)
+
+    by_hand = root / VOC_ARCHIVE_NAME
+    if by_hand.is_file():
+        found = file_md5(by_hand)
+        if found != md5:
+            raise ChecksumError(f"{by_hand} has MD5 {found}, expected {md5}: it is incomplete or not VOC2012's "
+                                f"trainval archive. Delete it and call download_voc2012() again.")
+        _extract(by_hand, root, target, progress=progress)
+        return target
+
+    failures = []
+    for source in dict.fromkeys([url, *mirrors]):  # in order, each once
+        fd, name = tempfile.mkstemp(prefix=VOC_ARCHIVE_NAME + ".", suffix=".part", dir=root)
+        os.close(fd)
+        part = Path(name)
+        try:
+            try:
+                _fetch(source, part, progress=progress, timeout=timeout)
+            except (OSError, http.client.HTTPException, ValueError) as err:  # URLError is an OSError; a bad URL
+                failures.append((source, "network", f"{type(err).__name__}: {err}"))
+                continue
+            found = file_md5(part)
+            if found != md5:
+                failures.append((source, "checksum", f"MD5 {found}, expected {md5}"))
+                continue
+            _extract(part, root, target, progress=progress)
+            return target
+        finally:
+            part.unlink(missing_ok=True)
+
+    tried = "; ".join(f"{source}: {why}" for source, _, why in failures)
+    if any(kind == "checksum" for _, kind, _ in failures):
+        raise ChecksumError(f"the VOC2012 archive failed its checksum (the file was removed, nothing was extracted). "
+                            f"Tried {tried}. {_by_hand(root)}")
+    raise ConnectionError(f"could not download VOC2012 (tried {tried}). {_by_hand(root)}")

@@ -1,0 +1,204 @@
+"""ResNet backbones that return named stages, at output stride 32, 16 or 8.
+
+A classifier ResNet ends in a global pool and a 1000-way ``fc``; a segmentation
+network wants the feature maps before them, and often a finer grid than 1/32 of
+the input. :class:`ResNetBackbone` takes torchvision's ResNet as it is (so its
+ImageNet weights load unchanged), drops ``avgpool`` and ``fc`` and returns the
+four stages by name. A finer output stride trades the stride of the last stages
+for dilation (Yu & Koltun, 2016; DeepLab): the same weights, the same receptive
+field, a denser grid.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+from torch import Tensor, nn
+from torchvision import models
+from torchvision.models.resnet import ResNet
+
+__all__ = ["RESNETS", "STAGES", "ResNetBackbone", "dilate_resnet_", "load_resnet_state_dict_"]
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+# name -> (torchvision builder, ImageNet weights). V1 weights: the ones FCN/DeepLab backbones use.
+RESNETS = {
+    "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1),
+    "resnet101": (models.resnet101, models.ResNet101_Weights.IMAGENET1K_V1),
+}
+
+_BASIC_BLOCK_RESNETS = ("resnet18", "resnet34")
+
+# output stride -> torchvision's replace_stride_with_dilation for (layer2, layer3, layer4)
+_DILATION_FOR_STRIDE = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
+
+
+def _set_dilation(conv: nn.Conv2d, dilation: int) -> None:
+    """Dilate a 3x3 conv and pad it by the same amount, so a stride-1 conv keeps the map's size."""
+    conv.dilation = (dilation, dilation)
+    conv.padding = (dilation, dilation)
+
+
+def dilate_resnet_(model: ResNet, replace_stride_with_dilation: Sequence[bool]) -> ResNet:
+    """Turn the stride of ``layer2..layer4`` into dilation, in place; works for BasicBlock ResNets too.
+
+    torchvision applies this rule only when it builds a Bottleneck ResNet; its
+    ``BasicBlock`` refuses ``dilation > 1``, so ResNet-18/34 need it done after
+    the fact. The rule is torchvision's ``_make_layer``: in a stage whose stride
+    becomes dilation, the conv that used to stride (with its ``downsample`` 1x1)
+    gets stride 1 and keeps the *previous* dilation, because it still reads the
+    map at the previous spacing; every later 3x3 conv reads a map that is now
+    ``2x`` denser than the weights were trained for, so it samples ``2x`` further
+    apart (dilation doubled, padding = dilation to keep the size). In a Bottleneck
+    the striding conv is the only 3x3 conv of the first block; in a BasicBlock it
+    is ``conv1``, and the first block's ``conv2`` already gets the new dilation.
+
+    With this rule the dilated network, subsampled at every ``2**k``-th pixel,
+    computes exactly what the strided one does (tests check it). No parameter
+    changes shape, so ImageNet weights load into the dilated model.
+    """
+    flags = list(replace_stride_with_dilation)
+    if len(flags) != 3:
+        raise ValueError("replace_stride_with_dilation needs one flag per stage (layer2, layer3, layer4), "
+                         f"got {replace_stride_with_dilation!r}.")
+    dilation = 1
+    for name, dilate in zip(STAGES[1:], flags):
+        stage: nn.Sequential = getattr(model, name)
+        first = stage[0]
+        convs = [m for m in first.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+        strider = next((conv for conv in convs if conv.stride != (1, 1)), None)
+        if strider is None:
+            raise ValueError(f"{name} has no strided 3x3 conv; dilate_resnet_ needs an undilated ResNet "
+                             "(was this one dilated already?).")
+        previous = dilation
+        if dilate:
+            dilation *= strider.stride[0]
+        for block in stage:
+            for conv in (m for m in block.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)):
+                if conv is strider:
+                    _set_dilation(conv, previous)
+                    if dilate:
+                        conv.stride = (1, 1)
+                else:
+                    _set_dilation(conv, dilation)
+        if dilate:
+            first.stride = 1
+            if first.downsample is not None:
+                first.downsample[0].stride = (1, 1)
+    model.dilation = dilation
+    return model
+
+
+def load_resnet_state_dict_(module: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> nn.Module:
+    """Load a torchvision ResNet state dict into ``module``, dropping ``fc.*``; strict otherwise.
+
+    ``source`` names where the weights came from, so a mismatch says which file
+    is wrong. BatchNorm's ``num_batches_tracked`` counters may be missing (older
+    checkpoints lack them); every other missing, unexpected or reshaped key is an
+    error, since a half-loaded backbone trains but quietly underperforms.
+    """
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in own]
+    reshaped = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items()
+                if k in own and v.shape != own[k].shape]
+    if missing or unexpected or reshaped:
+        def first(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
+        problems = [f"{label}: {first(keys)}" for label, keys in
+                    (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", reshaped))
+                    if keys]
+        raise ValueError(f"{source} does not hold the weights this backbone expects ({'; '.join(problems)}). "
+                         "Save a matching torchvision ResNet with torch.save(model.state_dict(), path), "
+                         "and build the backbone with the same name.")
+    module.load_state_dict(state_dict, strict=False)  # only num_batches_tracked can be absent here
+    return module
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet without ``avgpool``/``fc`` whose forward returns its four stages by name.
+
+    Args:
+        name: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` or ``"resnet101"``.
+        output_stride: 32 (as in classification), 16 or 8; the input-to-``layer4``
+            size ratio. 16 dilates ``layer4``, 8 dilates ``layer3`` and ``layer4``.
+        pretrained: ``False`` or ``None`` (random init, no network), ``"auto"`` (ImageNet
+            weights if they can be had, else one line saying so and random init),
+            ``True`` (ImageNet weights or an error) or a path to a saved state dict.
+        progress: show a download bar when fetching ImageNet weights.
+
+    ``forward(x)`` returns ``OrderedDict(layer1=..., ..., layer4=...)`` with strides
+    ``self.strides`` and channels ``self.channels``. Each stage is ``ceil(H / stride)``
+    cells high: every strided layer of a torchvision ResNet rounds up.
+    Submodule names are torchvision's (``conv1``, ``bn1``, ``layer1`` ...), so the
+    state dict is a torchvision ResNet's minus ``fc``.
+    """
+
+    def __init__(self, name: str = "resnet18", output_stride: int = 32,
+                 pretrained: bool | str | Path = False, progress: bool = True) -> None:
+        super().__init__()
+        if name not in RESNETS:
+            raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(RESNETS)}.")
+        if output_stride not in _DILATION_FOR_STRIDE:
+            raise ValueError(f"output_stride must be 32, 16 or 8, got {output_stride!r}.")
+        build, weights = RESNETS[name]
+        flags = _DILATION_FOR_STRIDE[output_stride]
+        if name in _BASIC_BLOCK_RESNETS:  # torchvision's BasicBlock refuses dilation at build time
+            resnet = dilate_resnet_(build(weights=None), flags)
+        else:
+            resnet = build(weights=None, replace_stride_with_dilation=flags)
+        self.name, self.output_stride = name, output_stride
+        self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
+        width = 64 * resnet.layer1[0].expansion
+        self.channels = {stage: width * 2 ** i for i, stage in enumerate(STAGES)}
+        self.strides = {"layer1": 4, "layer2": 8, "layer3": min(16, output_stride), "layer4": output_stride}
+        self._load_pretrained(pretrained, weights, progress)
+
+    def _load_pretrained(self, pretrained: bool | str | Path, weights: models.WeightsEnum, progress: bool) -> None:
+        if pretrained is False or pretrained is None:
+            return
+        if isinstance(pretrained, (str, Path)) and pretrained != "auto":
+            path = Path(pretrained).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"pretrained={str(pretrained)!r}: no such file. Pass the path of a "
+                                        f"saved {self.name} state dict, or pretrained=False for random init.")
+            try:
+                state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # a truncated or foreign file: unpickling fails in many ways
+                raise ValueError(f"{path} could not be read as a PyTorch state dict ({type(err).__name__}: {err}). "
+                                 "Re-save it with torch.save(model.state_dict(), path).") from err
+            if not isinstance(state_dict, Mapping):
+                raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state dict; "
+                                 "save model.state_dict(), not the model.")
+            load_resnet_state_dict_(self, state_dict, str(path))
+            return
+        if pretrained not in (True, "auto"):
+            raise ValueError(f"pretrained must be False, True, 'auto' or a path, got {pretrained!r}.")
+        try:
+            state_dict = weights.get_state_dict(progress=progress)
+        except (URLError, OSError, RuntimeError) as err:
+            if pretrained == "auto":
+                print(f"ImageNet weights for {self.name} are unavailable ({type(err).__name__}; "
+                      "pretrained=True shows why); starting from random init.")
+                return
+            raise RuntimeError(
+                f"could not get the ImageNet weights for {self.name} from {weights.url} "
+                f"({type(err).__name__}: {err}). Connect to the internet, or download that file and pass "
+                f"pretrained='path/to/{weights.url.rsplit('/', 1)[-1]}', or use pretrained='auto' "
+                "to fall back to random init.") from err
+        load_resnet_state_dict_(self, state_dict, weights.url)
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
+        features: OrderedDict[str, Tensor] = OrderedDict()
+        for name in STAGES:
+            x = getattr(self, name)(x)                        # (B, channels[name], H/stride, W/stride)
+            features[name] = x
+        return features

@@ -1,0 +1,216 @@
+"""FCN-32s / FCN-8s and the model registry, against F.interpolate, bilinear_kernel and hand geometry.
+
+The alignment claim of FCN's docstring (cell ``i`` covers rows ``32 i .. 32 i + 31``,
+so the extra rows are cropped at the bottom) is checked by replacing the
+classifier's scores with a random map and comparing the logits with
+``F.interpolate(align_corners=False)``, which is the independent reference for
+where a cell's centre lies.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision import models
+
+from segbook.models import FCN, MODELS, ResNetBackbone, build_model, register_model
+from segbook.models.fcn import crop_to
+from segbook.upsample import bilinear_kernel
+
+@pytest.fixture(autouse=True)
+def _one_thread():  # small convs gain little from 2 threads, and a busy 2-core machine makes OpenMP crawl
+    before = torch.get_num_threads(); torch.set_num_threads(1)  # noqa: E702
+    yield
+    torch.set_num_threads(before)
+
+
+NUM_CLASSES = 5
+
+
+@pytest.fixture(scope="module")
+def fcn32() -> FCN:
+    torch.manual_seed(0)
+    return FCN(NUM_CLASSES).eval()
+
+
+@pytest.fixture(scope="module")
+def fcn8() -> FCN:
+    torch.manual_seed(0)
+    return FCN(NUM_CLASSES, skips=True).eval()
+
+
+def _logits_for_scores(model: FCN, scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The model's logits when its classifier outputs ``scores`` (a forward hook replaces them)."""
+    handle = model.classifier.register_forward_hook(lambda module, inputs, output: scores)
+    try:
+        with torch.no_grad():
+            return model(torch.randn(1, 3, *size))["out"]
+    finally:
+        handle.remove()
+
+
+# --- sizes -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("skips", [False, True])
+def test_output_has_the_input_size_for_any_size(skips: bool, fcn32: FCN, fcn8: FCN) -> None:
+    model = fcn8 if skips else fcn32
+    with torch.no_grad():
+        for height, width in [(32, 32), (33, 65), (65, 33), (97, 130), (130, 97), (321, 479)]:
+            out = model(torch.randn(1, 3, height, width))
+            assert set(out) == {"out"}
+            assert out["out"].shape == (1, NUM_CLASSES, height, width), (height, width)
+
+
+def test_chapter_shapes_320x480(fcn32: FCN) -> None:
+    # The chapter prints these: 320x480 -> 10x15 cells -> 320x480, nothing cropped, and the
+    # forward is exactly backbone -> classifier -> upsample.
+    images = torch.randn(1, 3, 320, 480)
+    with torch.no_grad():
+        features = fcn32.backbone(images)["layer4"]
+        scores = fcn32.classifier(features)
+        upsampled = fcn32.upsample(scores)
+        out = fcn32(images)["out"]
+    assert features.shape == (1, 512, 10, 15) and scores.shape == (1, NUM_CLASSES, 10, 15)
+    assert upsampled.shape == out.shape == (1, NUM_CLASSES, 320, 480)
+    assert torch.equal(out, upsampled)
+
+
+def test_crop_to_refuses_to_grow() -> None:
+    x = torch.zeros(1, 2, 10, 15)
+    assert crop_to(x, (7, 15)).shape == (1, 2, 7, 15)
+    with pytest.raises(ValueError, match=r"cannot crop a \(10, 15\) map to \(11, 15\)"):
+        crop_to(x, (11, 15))
+
+
+# --- bilinear initialisation and alignment --------------------------------------------------------
+
+def test_upsamplers_start_as_bilinear_kernels(fcn32: FCN, fcn8: FCN) -> None:
+    up = fcn32.upsample
+    assert (up.kernel_size, up.stride, up.padding) == ((64, 64), (32, 32), (16, 16))
+    torch.testing.assert_close(up.weight.detach(), bilinear_kernel(NUM_CLASSES, NUM_CLASSES, 64))
+    up8 = fcn8.upsample
+    assert (up8.kernel_size, up8.stride, up8.padding) == ((16, 16), (8, 8), (4, 4))
+    torch.testing.assert_close(up8.weight.detach(), bilinear_kernel(NUM_CLASSES, NUM_CLASSES, 16))
+    for stage, up2 in fcn8.skip_upsamplers.items():
+        assert (up2.kernel_size, up2.stride, up2.padding) == ((4, 4), (2, 2), (1, 1)), stage
+        torch.testing.assert_close(up2.weight.detach(), bilinear_kernel(NUM_CLASSES, NUM_CLASSES, 4))
+
+
+@pytest.mark.parametrize("skips", [False, True])
+def test_final_upsampler_is_bilinear_interpolation_inside(skips: bool, fcn32: FCN, fcn8: FCN) -> None:
+    up = (fcn8 if skips else fcn32).upsample
+    factor = up.stride[0]
+    yy, xx = torch.meshgrid(torch.linspace(0, 3, 6), torch.linspace(0, 2, 7), indexing="ij")
+    smooth = torch.stack([torch.sin(yy + c) * torch.cos(xx - c) for c in range(NUM_CLASSES)])[None]
+    with torch.no_grad():
+        got = up(smooth)                                                   # (1, K, 6f, 7f)
+    expected = F.interpolate(smooth, scale_factor=factor, mode="bilinear", align_corners=False)
+    band = factor // 2
+    torch.testing.assert_close(got[..., band:-band, band:-band], expected[..., band:-band, band:-band])
+    constant = torch.full((1, NUM_CLASSES, 3, 4), 2.5)
+    with torch.no_grad():
+        flat = up(constant)[..., band:-band, band:-band]
+    torch.testing.assert_close(flat, torch.full_like(flat, 2.5))
+
+
+@pytest.mark.parametrize("size", [(64, 96), (97, 130), (161, 47), (321, 479)])
+def test_crop_keeps_the_top_left_where_the_cells_are(size: tuple[int, int], fcn32: FCN) -> None:
+    # Whatever the classifier says, the logits must be F.interpolate's bilinear reading of cell i
+    # as rows 32i..32i+31 (centre 32i+15.5), cropped at the bottom/right. A centred crop would be
+    # off by (32n - H) / 2 rows and fail for H = 97, 161, 321 on this random map.
+    height, width = size
+    rows, cols = math.ceil(height / 32), math.ceil(width / 32)
+    torch.manual_seed(3)
+    scores = torch.randn(1, NUM_CLASSES, rows, cols)
+    logits = _logits_for_scores(fcn32, scores, size)
+    expected = F.interpolate(scores, scale_factor=32, mode="bilinear", align_corners=False)
+    expected = expected[..., :height, :width]
+    inside = (slice(None), slice(None), slice(16, min(height, 32 * rows - 16)),
+              slice(16, min(width, 32 * cols - 16)))            # the bilinear kernel's 16-px edge band
+    assert logits[inside].numel() > 0
+    torch.testing.assert_close(logits[inside], expected[inside])
+
+
+def test_fcn8s_at_init_repeats_fcn32s_on_linear_scores_only(fcn32: FCN, fcn8: FCN) -> None:
+    assert all(not conv.weight.any() and not conv.bias.any() for conv in fcn8.skip_scores.values())
+    height, width = 200, 161
+    rows, cols = math.ceil(height / 32), math.ceil(width / 32)      # 7, 6
+    # The chained 2x, 2x, 8x steps are exact only away from a band of 3 stride-8 cells + 4 px.
+    inside = (..., slice(28, min(height, 32 * rows - 28)), slice(28, min(width, 32 * cols - 28)))
+    ii, jj = torch.meshgrid(torch.arange(rows, dtype=torch.float32), torch.arange(cols, dtype=torch.float32),
+                            indexing="ij")
+    ramp = torch.stack([0.7 * ii - 1.3 * jj + c for c in range(NUM_CLASSES)])[None]
+    torch.testing.assert_close(_logits_for_scores(fcn8, ramp, (height, width))[inside],
+                               _logits_for_scores(fcn32, ramp, (height, width))[inside])
+    # On a general map they differ: three bilinear steps are not one 32x step.
+    torch.manual_seed(4)
+    scores = torch.randn(1, NUM_CLASSES, rows, cols)
+    gap = (_logits_for_scores(fcn8, scores, (height, width)) -
+           _logits_for_scores(fcn32, scores, (height, width)))[inside].abs().max()
+    assert gap > 0.1
+
+
+# --- training behaviour ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("skips", [False, True])
+def test_gradients_reach_every_parameter(skips: bool) -> None:
+    torch.manual_seed(5)
+    model = FCN(NUM_CLASSES, skips=skips).train()
+    images = torch.randn(2, 3, 64, 80)
+    target = torch.randint(0, NUM_CLASSES, (2, 64, 80))
+    F.cross_entropy(model(images)["out"], target).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_eval_mode_is_deterministic(fcn8: FCN) -> None:
+    images = torch.randn(2, 3, 48, 70)
+    with torch.no_grad():
+        first, second = fcn8(images)["out"], fcn8(images)["out"]
+        alone = fcn8(images[1:])["out"]                                # no dependence on the batch
+    assert torch.equal(first, second)
+    torch.testing.assert_close(alone, first[1:])
+
+
+def test_other_backbones_change_the_classifier_width() -> None:
+    model = FCN(3, backbone="resnet50", skips=True)
+    assert model.classifier.in_channels == 2048
+    assert {stage: conv.in_channels for stage, conv in model.skip_scores.items()} == {"layer3": 1024,
+                                                                                      "layer2": 512}
+    assert model.backbone.output_stride == 32
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+def test_build_model_by_name() -> None:
+    assert {"fcn", "fcn8s"} <= set(MODELS)
+    fcn = build_model("fcn", num_classes=4)
+    assert isinstance(fcn, FCN) and not fcn.skips and fcn.classifier.out_channels == 4
+    fcn8s = build_model("fcn8s", num_classes=4, backbone="resnet34")
+    assert isinstance(fcn8s, FCN) and fcn8s.skips and len(fcn8s.backbone.layer3) == 6
+    assert isinstance(fcn.backbone, ResNetBackbone)
+
+
+def test_build_model_passes_the_pretrained_backbone(tmp_path) -> None:
+    torch.manual_seed(6)
+    weights = models.resnet18().state_dict()
+    torch.save(weights, tmp_path / "resnet18.pth")
+    model = build_model("fcn", pretrained_backbone=tmp_path / "resnet18.pth")
+    assert torch.equal(model.backbone.layer4[1].conv2.weight, weights["layer4.1.conv2.weight"])
+
+
+def test_unknown_or_duplicate_names_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"unknown model 'fcn16s'.*fcn, fcn8s"):
+        build_model("fcn16s")
+    with pytest.raises(ValueError, match=r"'fcn' is already registered \(FCN\)"):
+        register_model("fcn")(FCN)
+    name = "_test_tiny"
+    try:
+        @register_model(name)
+        def tiny(num_classes: int, pretrained_backbone=False, width: int = 3) -> torch.nn.Module:
+            return torch.nn.Conv2d(3, num_classes * width, 1)
+        assert build_model(name, num_classes=2, width=4).out_channels == 8
+    finally:
+        MODELS.pop(name, None)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .env import get_device, seed_everything, short_path
 from .metrics import ConfusionMatrix
 
@@ -645,8 +646,6 @@ def _as_model_input(image: Tensor) -> Tensor:
         raise ValueError(f"predict takes one image of shape (3, H, W), got {shape}; "
                          "for a batch, call the model, or predict each image.")
     if image.dtype == torch.uint8:
-        from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
         mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=image.device).view(3, 1, 1)
         return (image.float() / 255 - mean) / std

@@ -19,13 +19,12 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from .data.voc import IGNORE_INDEX, NUM_CLASSES, VOC_BORDER_COLOR, VOC_CLASSES, VOC_COLORMAP
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "class_legend", "colorize", "overlay", "plot_history",
            "show_image_grid", "show_samples", "to_rgb"]
 
 # The statistics torchvision's ImageNet weights were trained with; float images are assumed normalised by them.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _LUT = np.zeros((256, 3), dtype=np.uint8)  # class id -> RGB; ids 21..254 never reach it
 _LUT[:NUM_CLASSES] = VOC_COLORMAP

@@ -20,12 +20,6 @@ from torchvision.models._api import WeightsEnum
 
 from segbook.models.backbones import STAGES, ResNetBackbone, dilate_resnet_
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # small convs gain little from 2 threads, and a busy 2-core machine makes OpenMP crawl
-    before = torch.get_num_threads(); torch.set_num_threads(1)  # noqa: E702
-    yield
-    torch.set_num_threads(before)
-
 
 FLAGS = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
 

@@ -19,12 +19,6 @@ from segbook.models import FCN, MODELS, ResNetBackbone, build_model, register_mo
 from segbook.models.fcn import crop_to
 from segbook.upsample import bilinear_kernel
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # small convs gain little from 2 threads, and a busy 2-core machine makes OpenMP crawl
-    before = torch.get_num_threads(); torch.set_num_threads(1)  # noqa: E702
-    yield
-    torch.set_num_threads(before)
-
 
 NUM_CLASSES = 5
 

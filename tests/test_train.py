@@ -25,14 +25,6 @@ from segbook.train import (TrainingDiverged, evaluate, fit, load_checkpoint, pol
 NUM_CLASSES = 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP threads crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class TinyNet(nn.Module):
     """Two convs; ``aux=True`` adds a second head, as PSPNet's auxiliary classifier."""

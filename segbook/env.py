@@ -64,16 +64,9 @@ def data_home() -> Path:
 
 def real_voc_available() -> bool:
     """True when a real VOC2012 is already on disk (nothing is downloaded here)."""
-    candidates = []
-    if os.environ.get("SEGBOOK_VOC_ROOT"):
-        candidates.append(Path(os.environ["SEGBOOK_VOC_ROOT"]).expanduser())
-    candidates.append(data_home() / "voc")
-    for root in candidates:
-        for voc in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
-            if (voc / "ImageSets" / "Segmentation" / "train.txt").is_file() and \
-                    (voc / "SegmentationClass").is_dir() and not (voc / ".segbook_toy").exists():
-                return True
-    return False
+    from .data import find_voc_dir  # segbook.data imports this module, so look it up lazily
+
+    return find_voc_dir() is not None
 
 
 def get_profile(device: torch.device | None = None) -> str:

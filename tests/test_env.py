@@ -40,6 +40,7 @@ def _make_voc_layout(root):
     (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
     (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("a\n")
     (voc / "SegmentationClass").mkdir()
+    (voc / "JPEGImages").mkdir()
     return voc
 
 

@@ -1,0 +1,127 @@
+"""Joint image + mask transforms for segmentation, on torchvision's transforms v2.
+
+A segmentation sample is two pictures that must move together: one random
+scale, crop and flip for the image and its label. ``transforms.v2`` does this
+when the pair is typed: called as ``t(tv_tensors.Image(img), tv_tensors.Mask(lbl))``
+each transform draws its random parameters once and applies them to both, and
+it treats a ``Mask`` as class ids, not colours:
+
+* resizing a Mask uses nearest neighbour, whatever the image uses, so class
+  ids are never blended into ids that do not exist (3 and 5 never become 4);
+* padding fills the image with 0 and the mask with 255 ("ignore"), so padded
+  pixels are never trained on as background;
+* ``ToDtype(..., scale=True)`` and ``Normalize`` touch the image only.
+
+The output is a plain float image (3, h, w), normalised with ImageNet's mean
+and std (what the pretrained backbones of the full profile expect), and a
+plain int64 mask (h, w) whose values are the input's ids plus 255.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from .voc import IGNORE_INDEX
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "RandomScale", "ToPlainTensors", "train_transforms", "eval_transforms",
+           "denormalize"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class RandomScale(v2.Transform):
+    """Resize image and mask by one factor drawn uniformly from ``scale_range`` (DeepLab's 0.5-2.0).
+
+    Unlike ``v2.RandomResize`` (absolute sizes) or ``v2.ScaleJitter`` (relative
+    to a target size), the factor is relative to the image itself, so a small
+    VOC image and a large one are jittered alike. The mask goes through
+    ``F.resize`` too, whose Mask kernel always uses nearest neighbour.
+    """
+
+    def __init__(self, scale_range: tuple[float, float]) -> None:
+        super().__init__()
+        low, high = scale_range
+        if not 0 < low <= high:
+            raise ValueError(f"scale_range={scale_range}: need 0 < low <= high, e.g. (0.5, 2.0).")
+        self.scale_range = (float(low), float(high))
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        scale = torch.empty(()).uniform_(*self.scale_range).item()  # the global torch RNG, seeded per item
+        return {"size": [max(1, round(height * scale)), max(1, round(width * scale))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.resize, inpt, params["size"], antialias=True)
+
+
+class ToPlainTensors(v2.Transform):
+    """The last step: a plain float image (3, h, w) and a plain int64 mask (h, w).
+
+    A Mask may carry a leading channel of 1 (e.g. from a (1, H, W) label); it
+    is squeezed so the loss gets (h, w) targets. Plain tensors keep the rest of
+    the pipeline (collate, loss, metrics) free of tv_tensor subclasses.
+    """
+
+    _transformed_types = (tv_tensors.Image, tv_tensors.Mask, torch.Tensor)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            mask = inpt.as_subclass(torch.Tensor)
+            if mask.ndim == 3 and mask.shape[0] == 1:
+                mask = mask[0]  # (1, h, w) -> (h, w)
+            return mask.to(torch.int64)
+        return inpt.as_subclass(torch.Tensor)
+
+
+def _crop_hw(crop_size: int | Sequence[int]) -> tuple[int, int]:
+    size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"crop_size={crop_size!r}: give an int or (height, width) of positive ints, e.g. (96, 128).")
+    return int(size[0]), int(size[1])
+
+
+def _to_normalized_float() -> list[v2.Transform]:
+    """uint8 image -> float in [0, 1] -> ImageNet-normalised; the mask only becomes int64."""
+    return [
+        v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ToPlainTensors(),
+    ]
+
+
+def train_transforms(crop_size: int | Sequence[int], scale_range: tuple[float, float] | None = (0.5, 2.0),
+                     hflip: bool = True) -> v2.Compose:
+    """Random scale, a random ``crop_size`` crop (padded when the image is smaller), a random flip.
+
+    Call it as ``t(tv_tensors.Image(image), tv_tensors.Mask(label))``.
+    ``crop_size`` is an int or (height, width). When the scaled image is smaller
+    than the crop, ``v2.RandomCrop(pad_if_needed=True)`` pads each short side by
+    the shortfall (image with 0, mask with 255) and then crops, so the image
+    lands at a random place inside the crop and the padding is ignored by the
+    loss. ``scale_range=None`` turns the random scale off.
+    """
+    steps: list[v2.Transform] = []
+    if scale_range is not None:
+        steps.append(RandomScale(scale_range))
+    steps.append(v2.RandomCrop(_crop_hw(crop_size), pad_if_needed=True,
+                               fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}))
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip(p=0.5))
+    return v2.Compose(steps + _to_normalized_float())
+
+
+def eval_transforms() -> v2.Compose:
+    """The whole image, untouched but for dtype and normalisation: evaluation sees what VOC's metric scores."""
+    return v2.Compose(_to_normalized_float())
+
+
+def denormalize(image: torch.Tensor) -> torch.Tensor:
+    """Undo the ImageNet normalisation for display: (..., 3, H, W) float -> the same in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=image.dtype, device=image.device).view(3, 1, 1)  # (3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=image.dtype, device=image.device).view(3, 1, 1)  # (3, 1, 1)
+    return (image * std + mean).clamp(0.0, 1.0)  # (..., 3, H, W)

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
 
-from .voc import IGNORE_INDEX, read_image
+from .voc import IGNORE_INDEX, read_image, segmentation_item
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _LABEL_MODES = ("L", "P", "I;16", "I")  # single-channel PNGs whose pixel values are class ids
@@ -111,13 +110,8 @@ class FolderSegmentation(Dataset):
     def __getitem__(self, index: int):
         image = read_image(self.images[index])  # (3, H, W) uint8
         label = self.read_label(self.labels[index])  # (H, W) int64
-        if image.shape[-2:] != label.shape:
-            raise ValueError(f"{self.labels[index]} is {label.shape[1]}x{label.shape[0]} (WxH) but its image "
-                             f"{self.images[index]} is {image.shape[2]}x{image.shape[1]}: a label must cover its "
-                             "image pixel for pixel.")
-        if self.transforms is not None:
-            return self.transforms(tv_tensors.Image(image), tv_tensors.Mask(label))
-        return image, label
+        return segmentation_item(image, label, self.transforms, image_path=self.images[index],
+                                 label_path=self.labels[index])
 
     def __repr__(self) -> str:
         return f"FolderSegmentation(split={self.split!r}, {len(self)} images)"

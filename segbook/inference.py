@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.transforms.v2.functional import normalize
 
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -71,9 +72,7 @@ def _as_model_input(image: Tensor) -> Tensor:
         raise ValueError(f"predict takes one image of shape (3, H, W), got {shape}; "
                          "for a batch, call the model, or predict each image.")
     if image.dtype == torch.uint8:
-        mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=image.device).view(3, 1, 1)
-        return (image.float() / 255 - mean) / std
+        return normalize(image.float() / 255, IMAGENET_MEAN, IMAGENET_STD)  # what eval_transforms does
     if not image.is_floating_point():
         raise ValueError(f"predict takes a uint8 image or a normalised float one, got dtype {image.dtype}.")
     return image

@@ -6,6 +6,22 @@ convolution is the upsampling layer that can be learned; initialised with the
 bilinear kernel it starts out as plain bilinear interpolation, which is what
 FCN does (Long et al., 2015). Chapter 1 builds all of this from scratch; the
 functions here are the tested versions the later chapters import.
+
+What FCN itself did with these layers: the paper fixes the final 32x upsampling
+to bilinear interpolation, and its released Caffe nets freeze every
+deconvolution (``lr_mult: 0``), so none of its upsamplers actually learns; it
+zero-initialises the class scorers of the skips. Here the weights are ordinary
+parameters; freeze one with ``layer.weight.requires_grad_(False)`` to follow
+the paper (chapter 3's exercises compare the two).
+
+Two geometries are offered. :func:`bilinear_upsampler` (kernel ``2f - f % 2``,
+padding ``f // 2``) scales a map by exactly ``f`` and puts input cell ``i`` at
+output pixel ``f i + (f - 1) / 2``, where ``F.interpolate(align_corners=False)``
+puts it. A ResNet's stride-``f`` map, however, is *centred* on input pixel
+``f i`` (every strided layer pads by half its kernel). :class:`AlignedUpsampler`
+(odd kernel ``2f - 1``, padding ``f - 1``, an explicit output size) puts cell
+``i`` exactly on pixel ``f i``, which is what a segmentation head on such a
+backbone needs.
 """
 from __future__ import annotations
 
@@ -13,6 +29,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "AlignedUpsampler",
+    "aligned_upsampler",
     "bilinear_kernel",
     "bilinear_upsampler",
     "conv_transpose2d_loop",
@@ -139,3 +157,55 @@ def conv_transpose2d_loop(x: Tensor, weight: Tensor, stride: int | tuple[int, in
             out[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw] += patch
     return out[:, :, ph:full_h - ph, pw:full_w - pw]                           # (B, C_out, H_out, W_out)
 
+
+
+class AlignedUpsampler(nn.ConvTranspose2d):
+    """A bilinear transposed convolution that puts input cell ``i`` exactly on output pixel ``f i``.
+
+    Geometry: kernel ``2f - 1`` (odd, so the tent has a centre tap), stride
+    ``f``, padding ``f - 1``. Input cell ``i`` pastes its tent with the centre
+    tap on output pixel ``f i - (f - 1) + (f - 1) = f i``, and neighbouring
+    tents meet there with weights ``1 - t`` and ``t``: between cell centres
+    this is linear interpolation on the grid ``0, f, 2f, ...``, that is
+    ``F.interpolate(..., align_corners=True)`` onto ``(n - 1) f + 1`` pixels.
+
+    That grid is where a torchvision ResNet centres its stride-``f`` cells
+    (each strided layer pads by half its kernel, so cell ``i`` of ``layer4`` is
+    centred on input pixel ``32 i``). An even kernel (:func:`bilinear_upsampler`,
+    FCN's ``k=64, s=32, p=16``) puts the cell at ``32 i + 15.5`` instead, and
+    no crop of whole pixels can remove a 15.5-pixel shift; this layer has none.
+
+    ``forward(x, output_size)`` needs the size to return, because ``n`` cells
+    cover any of ``(n - 1) f + 1 .. n f`` pixels (``n = ceil(H / f)`` for a
+    map made by stride-``f`` rounding up). Pixels past the last cell centre
+    (at most ``f - 1`` of them, bottom and right) get one tent only, falling
+    off towards the edge: every class score there is scaled by the same
+    positive factor, so the predicted class does not change.
+    """
+
+    def __init__(self, channels: int, factor: int) -> None:
+        if not isinstance(factor, int) or factor < 1:
+            raise ValueError(f"AlignedUpsampler needs an integer factor >= 1, got {factor!r}.")
+        if channels < 1:
+            raise ValueError(f"AlignedUpsampler needs channels >= 1, got {channels!r}.")
+        kernel_size = 2 * factor - 1
+        super().__init__(channels, channels, kernel_size, stride=factor, padding=factor - 1, bias=False)
+        self.factor = factor
+        with torch.no_grad():
+            self.weight.copy_(bilinear_kernel(channels, channels, kernel_size))
+
+    def forward(self, x: Tensor, output_size: tuple[int, int] | torch.Size) -> Tensor:  # type: ignore[override]
+        h, w = x.shape[-2:]
+        height, width = (int(v) for v in output_size[-2:])
+        f = self.factor
+        for n, size, axis in ((h, height, "rows"), (w, width, "columns")):
+            if not (n - 1) * f + 1 <= size <= n * f:
+                raise ValueError(f"AlignedUpsampler(factor={f}) maps {n} {axis} of cells to "
+                                 f"{(n - 1) * f + 1}..{n * f} pixels, not {size}; the map should have "
+                                 f"ceil({size} / {f}) = {-(-size // f)} {axis}.")
+        return super().forward(x, output_size=[height, width])  # (B, C, height, width)
+
+
+def aligned_upsampler(channels: int, factor: int) -> AlignedUpsampler:
+    """A ``channels -> channels`` :class:`AlignedUpsampler`; call it as ``layer(x, output_size)``."""
+    return AlignedUpsampler(channels, factor)

@@ -1,10 +1,12 @@
 """FCN-32s / FCN-8s and the model registry, against F.interpolate, bilinear_kernel and hand geometry.
 
-The alignment claim of FCN's docstring (cell ``i`` covers rows ``32 i .. 32 i + 31``,
-so the extra rows are cropped at the bottom) is checked by replacing the
+The alignment claims of FCN's docstring are checked against independent
+references: where the backbone centres a cell is measured from the gradient of
+one cell of a ResNet whose weights are all positive constants (a symmetric
+receptive field); where the upsampler puts it is read off by replacing the
 classifier's scores with a random map and comparing the logits with
-``F.interpolate(align_corners=False)``, which is the independent reference for
-where a cell's centre lies.
+``F.interpolate`` (``align_corners=True`` on the ``32 i`` grid for the aligned
+geometry, ``align_corners=False`` for the textbook one).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from torchvision import models
 
 from segbook.models import FCN, MODELS, ResNetBackbone, build_model, register_model
 from segbook.models.fcn import crop_to
-from segbook.upsample import bilinear_kernel
+from segbook.upsample import AlignedUpsampler, bilinear_kernel
 
 
 NUM_CLASSES = 5
@@ -35,6 +37,18 @@ def fcn8() -> FCN:
     return FCN(NUM_CLASSES, skips=True).eval()
 
 
+@pytest.fixture(scope="module")
+def textbook32() -> FCN:
+    torch.manual_seed(0)
+    return FCN(NUM_CLASSES, aligned=False).eval()
+
+
+@pytest.fixture(scope="module")
+def textbook8() -> FCN:
+    torch.manual_seed(0)
+    return FCN(NUM_CLASSES, skips=True, aligned=False).eval()
+
+
 def _logits_for_scores(model: FCN, scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The model's logits when its classifier outputs ``scores`` (a forward hook replaces them)."""
     handle = model.classifier.register_forward_hook(lambda module, inputs, output: scores)
@@ -48,8 +62,10 @@ def _logits_for_scores(model: FCN, scores: torch.Tensor, size: tuple[int, int]) 
 # --- sizes -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("skips", [False, True])
-def test_output_has_the_input_size_for_any_size(skips: bool, fcn32: FCN, fcn8: FCN) -> None:
-    model = fcn8 if skips else fcn32
+@pytest.mark.parametrize("aligned", [True, False])
+def test_output_has_the_input_size_for_any_size(skips: bool, aligned: bool) -> None:
+    torch.manual_seed(0)
+    model = FCN(NUM_CLASSES, skips=skips, aligned=aligned).eval()
     with torch.no_grad():
         for height, width in [(32, 32), (33, 65), (65, 33), (97, 130), (130, 97), (321, 479)]:
             out = model(torch.randn(1, 3, height, width))
@@ -57,15 +73,15 @@ def test_output_has_the_input_size_for_any_size(skips: bool, fcn32: FCN, fcn8: F
             assert out["out"].shape == (1, NUM_CLASSES, height, width), (height, width)
 
 
-def test_chapter_shapes_320x480(fcn32: FCN) -> None:
-    # The chapter prints these: 320x480 -> 10x15 cells -> 320x480, nothing cropped, and the
-    # forward is exactly backbone -> classifier -> upsample.
+def test_chapter_shapes_320x480(textbook32: FCN) -> None:
+    # The chapter prints these for d2l's geometry: 320x480 -> 10x15 cells -> 320x480, nothing
+    # cropped, and the forward is exactly backbone -> classifier -> upsample.
     images = torch.randn(1, 3, 320, 480)
     with torch.no_grad():
-        features = fcn32.backbone(images)["layer4"]
-        scores = fcn32.classifier(features)
-        upsampled = fcn32.upsample(scores)
-        out = fcn32(images)["out"]
+        features = textbook32.backbone(images)["layer4"]
+        scores = textbook32.classifier(features)
+        upsampled = textbook32.upsample(scores)
+        out = textbook32(images)["out"]
     assert features.shape == (1, 512, 10, 15) and scores.shape == (1, NUM_CLASSES, 10, 15)
     assert upsampled.shape == out.shape == (1, NUM_CLASSES, 320, 480)
     assert torch.equal(out, upsampled)
@@ -78,47 +94,100 @@ def test_crop_to_refuses_to_grow() -> None:
         crop_to(x, (11, 15))
 
 
+# --- where the backbone centres a cell ----------------------------------------------------------
+
+def test_backbone_centres_cell_i_on_pixel_32i() -> None:
+    # Independent of any formula: with every conv weight a positive constant and BatchNorm the
+    # identity, each cell's receptive field is symmetric about its centre, so the gradient of one
+    # interior cell with respect to the input has its centre of mass exactly on that centre. The
+    # max pool is swapped for an average pool of the same geometry (a max over ties would send
+    # the whole gradient to the first of them), and the image is large enough that the
+    # 435-pixel field of the cell is not clipped.
+    backbone = ResNetBackbone("resnet18", output_stride=32).eval()
+    backbone.maxpool = torch.nn.AvgPool2d(kernel_size=3, stride=2, padding=1)
+    with torch.no_grad():
+        for module in backbone.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.fill_(0.01)
+            elif isinstance(module, torch.nn.BatchNorm2d):
+                module.reset_parameters()
+                module.reset_running_stats()
+    image = torch.ones(1, 3, 576, 608, dtype=torch.float64, requires_grad=True)
+    backbone.double()
+    cell = backbone(image)["layer4"]                                      # (1, 512, 18, 19)
+    cell[0, :, 9, 10].sum().backward()
+    grad = image.grad[0].sum(0)                                           # (576, 608)
+    rows = torch.arange(grad.shape[0], dtype=torch.float64)
+    cols = torch.arange(grad.shape[1], dtype=torch.float64)
+    centre_row = (grad.sum(1) * rows).sum() / grad.sum()
+    centre_col = (grad.sum(0) * cols).sum() / grad.sum()
+    assert abs(centre_row.item() - 32 * 9) < 1e-6 and abs(centre_col.item() - 32 * 10) < 1e-6
+
+
 # --- bilinear initialisation and alignment --------------------------------------------------------
 
-def test_upsamplers_start_as_bilinear_kernels(fcn32: FCN, fcn8: FCN) -> None:
-    up = fcn32.upsample
+def test_upsamplers_start_as_bilinear_kernels(fcn32: FCN, fcn8: FCN, textbook32: FCN, textbook8: FCN) -> None:
+    for model, factor in ((fcn32, 32), (fcn8, 8)):
+        up = model.upsample
+        assert isinstance(up, AlignedUpsampler)
+        k = 2 * factor - 1
+        assert (up.kernel_size, up.stride, up.padding) == ((k, k), (factor, factor), (factor - 1, factor - 1))
+        torch.testing.assert_close(up.weight.detach(), bilinear_kernel(NUM_CLASSES, NUM_CLASSES, k))
+    for stage, up2 in fcn8.skip_upsamplers.items():
+        assert (up2.kernel_size, up2.stride, up2.padding) == ((3, 3), (2, 2), (1, 1)), stage
+    up = textbook32.upsample
     assert (up.kernel_size, up.stride, up.padding) == ((64, 64), (32, 32), (16, 16))
     torch.testing.assert_close(up.weight.detach(), bilinear_kernel(NUM_CLASSES, NUM_CLASSES, 64))
-    up8 = fcn8.upsample
+    up8 = textbook8.upsample
     assert (up8.kernel_size, up8.stride, up8.padding) == ((16, 16), (8, 8), (4, 4))
-    torch.testing.assert_close(up8.weight.detach(), bilinear_kernel(NUM_CLASSES, NUM_CLASSES, 16))
-    for stage, up2 in fcn8.skip_upsamplers.items():
+    for stage, up2 in textbook8.skip_upsamplers.items():
         assert (up2.kernel_size, up2.stride, up2.padding) == ((4, 4), (2, 2), (1, 1)), stage
         torch.testing.assert_close(up2.weight.detach(), bilinear_kernel(NUM_CLASSES, NUM_CLASSES, 4))
 
 
-@pytest.mark.parametrize("skips", [False, True])
-def test_final_upsampler_is_bilinear_interpolation_inside(skips: bool, fcn32: FCN, fcn8: FCN) -> None:
-    up = (fcn8 if skips else fcn32).upsample
-    factor = up.stride[0]
-    yy, xx = torch.meshgrid(torch.linspace(0, 3, 6), torch.linspace(0, 2, 7), indexing="ij")
-    smooth = torch.stack([torch.sin(yy + c) * torch.cos(xx - c) for c in range(NUM_CLASSES)])[None]
-    with torch.no_grad():
-        got = up(smooth)                                                   # (1, K, 6f, 7f)
-    expected = F.interpolate(smooth, scale_factor=factor, mode="bilinear", align_corners=False)
-    band = factor // 2
-    torch.testing.assert_close(got[..., band:-band, band:-band], expected[..., band:-band, band:-band])
-    constant = torch.full((1, NUM_CLASSES, 3, 4), 2.5)
-    with torch.no_grad():
-        flat = up(constant)[..., band:-band, band:-band]
-    torch.testing.assert_close(flat, torch.full_like(flat, 2.5))
-
-
 @pytest.mark.parametrize("size", [(64, 96), (97, 130), (161, 47), (321, 479)])
-def test_crop_keeps_the_top_left_where_the_cells_are(size: tuple[int, int], fcn32: FCN) -> None:
-    # Whatever the classifier says, the logits must be F.interpolate's bilinear reading of cell i
-    # as rows 32i..32i+31 (centre 32i+15.5), cropped at the bottom/right. A centred crop would be
-    # off by (32n - H) / 2 rows and fail for H = 97, 161, 321 on this random map.
+def test_aligned_fcn_puts_cell_i_on_pixel_32i(size: tuple[int, int], fcn32: FCN) -> None:
+    # Whatever the classifier says, the logits are linear interpolation between cell centres at
+    # 32i (F.interpolate with align_corners=True onto (n-1)*32+1 pixels), up to the last centre.
     height, width = size
     rows, cols = math.ceil(height / 32), math.ceil(width / 32)
     torch.manual_seed(3)
     scores = torch.randn(1, NUM_CLASSES, rows, cols)
     logits = _logits_for_scores(fcn32, scores, size)
+    expected = F.interpolate(scores, size=(32 * (rows - 1) + 1, 32 * (cols - 1) + 1), mode="bilinear",
+                             align_corners=True)
+    torch.testing.assert_close(logits[..., :expected.shape[-2], :expected.shape[-1]], expected)
+    torch.testing.assert_close(logits[..., ::32, ::32], scores)          # cell i sits on pixel 32i
+
+
+def test_aligned_upsampler_past_the_last_centre_keeps_the_argmax(fcn32: FCN) -> None:
+    # Past the last cell centre one tent alone reaches: every class score is scaled by one
+    # positive factor, so the predicted class is the last cell's.
+    torch.manual_seed(8)
+    scores = torch.randn(1, NUM_CLASSES, 3, 3)
+    logits = _logits_for_scores(fcn32, scores, (96, 96))                  # centres at 0, 32, 64
+    tail = logits[0, :, 65:, 64]                                          # (K, 31) below the last centre
+    ratio = tail / scores[0, :, 2, 2, None]
+    torch.testing.assert_close(ratio, ratio[:1].expand_as(ratio))         # one factor for every class
+    assert (ratio > 0).all() and torch.equal(tail.argmax(0), scores[0, :, 2, 2].argmax().expand(31))
+
+
+def test_aligned_upsampler_refuses_a_size_its_cells_cannot_cover() -> None:
+    layer = AlignedUpsampler(2, 32)
+    with pytest.raises(ValueError, match=r"maps 3 rows of cells to 65..96 pixels, not 97"):
+        layer(torch.zeros(1, 2, 3, 3), (97, 96))
+
+
+@pytest.mark.parametrize("size", [(64, 96), (97, 130), (161, 47), (321, 479)])
+def test_textbook_crop_keeps_the_top_left_where_the_cells_are(size: tuple[int, int], textbook32: FCN) -> None:
+    # d2l's geometry: F.interpolate's bilinear reading of cell i as rows 32i..32i+31 (centre
+    # 32i+15.5), cropped at the bottom/right. A centred crop would be off by (32n - H) / 2 rows
+    # and fail for H = 97, 161, 321 on this random map.
+    height, width = size
+    rows, cols = math.ceil(height / 32), math.ceil(width / 32)
+    torch.manual_seed(3)
+    scores = torch.randn(1, NUM_CLASSES, rows, cols)
+    logits = _logits_for_scores(textbook32, scores, size)
     expected = F.interpolate(scores, scale_factor=32, mode="bilinear", align_corners=False)
     expected = expected[..., :height, :width]
     inside = (slice(None), slice(None), slice(16, min(height, 32 * rows - 16)),
@@ -127,8 +196,21 @@ def test_crop_keeps_the_top_left_where_the_cells_are(size: tuple[int, int], fcn3
     torch.testing.assert_close(logits[inside], expected[inside])
 
 
-def test_fcn8s_at_init_repeats_fcn32s_on_linear_scores_only(fcn32: FCN, fcn8: FCN) -> None:
+def test_aligned_fcn8s_at_init_repeats_fcn32s_exactly(fcn32: FCN, fcn8: FCN) -> None:
+    # The three aligned grids are nested (32i within 16j within 8k), and linear interpolation of a
+    # piecewise-linear map at its own grid points reproduces it: so with zero skips FCN-8s equals
+    # FCN-32s for ANY scores, up to the last cell centre.
     assert all(not conv.weight.any() and not conv.bias.any() for conv in fcn8.skip_scores.values())
+    height, width = 200, 161
+    rows, cols = math.ceil(height / 32), math.ceil(width / 32)            # 7, 6
+    torch.manual_seed(4)
+    scores = torch.randn(1, NUM_CLASSES, rows, cols)
+    inside = (..., slice(0, 32 * (rows - 1) + 1), slice(0, 32 * (cols - 1) + 1))
+    torch.testing.assert_close(_logits_for_scores(fcn8, scores, (height, width))[inside],
+                               _logits_for_scores(fcn32, scores, (height, width))[inside])
+
+
+def test_textbook_fcn8s_at_init_repeats_fcn32s_on_linear_scores_only(textbook32: FCN, textbook8: FCN) -> None:
     height, width = 200, 161
     rows, cols = math.ceil(height / 32), math.ceil(width / 32)      # 7, 6
     # The chained 2x, 2x, 8x steps are exact only away from a band of 3 stride-8 cells + 4 px.
@@ -136,22 +218,23 @@ def test_fcn8s_at_init_repeats_fcn32s_on_linear_scores_only(fcn32: FCN, fcn8: FC
     ii, jj = torch.meshgrid(torch.arange(rows, dtype=torch.float32), torch.arange(cols, dtype=torch.float32),
                             indexing="ij")
     ramp = torch.stack([0.7 * ii - 1.3 * jj + c for c in range(NUM_CLASSES)])[None]
-    torch.testing.assert_close(_logits_for_scores(fcn8, ramp, (height, width))[inside],
-                               _logits_for_scores(fcn32, ramp, (height, width))[inside])
-    # On a general map they differ: three bilinear steps are not one 32x step.
+    torch.testing.assert_close(_logits_for_scores(textbook8, ramp, (height, width))[inside],
+                               _logits_for_scores(textbook32, ramp, (height, width))[inside])
+    # On a general map they differ: three even-kernel steps are not one 32x step.
     torch.manual_seed(4)
     scores = torch.randn(1, NUM_CLASSES, rows, cols)
-    gap = (_logits_for_scores(fcn8, scores, (height, width)) -
-           _logits_for_scores(fcn32, scores, (height, width)))[inside].abs().max()
+    gap = (_logits_for_scores(textbook8, scores, (height, width)) -
+           _logits_for_scores(textbook32, scores, (height, width)))[inside].abs().max()
     assert gap > 0.1
 
 
 # --- training behaviour ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("skips", [False, True])
-def test_gradients_reach_every_parameter(skips: bool) -> None:
+@pytest.mark.parametrize("aligned", [True, False])
+def test_gradients_reach_every_parameter(skips: bool, aligned: bool) -> None:
     torch.manual_seed(5)
-    model = FCN(NUM_CLASSES, skips=skips).train()
+    model = FCN(NUM_CLASSES, skips=skips, aligned=aligned).train()
     images = torch.randn(2, 3, 64, 80)
     target = torch.randint(0, NUM_CLASSES, (2, 64, 80))
     F.cross_entropy(model(images)["out"], target).backward()

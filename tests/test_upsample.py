@@ -253,3 +253,21 @@ def test_overlap_is_even_exactly_when_the_kernel_is_a_multiple_of_the_stride(k, 
     counts = conv_transpose2d_loop(torch.ones(1, 1, 8, 8), torch.ones(1, 1, k, k), stride=s)[0, 0]
     inner = counts[k:-k, k:-k]
     assert (inner.min() == inner.max()) == (k % s == 0)
+
+
+# --- the aligned upsampler --------------------------------------------------------------------------
+
+@settings(max_examples=25, deadline=None)
+@given(factor=st.integers(1, 9), rows=st.integers(1, 5), cols=st.integers(1, 5), seed=st.integers(0, 2 ** 16))
+def test_aligned_upsampler_is_align_corners_interpolation_on_the_fi_grid(factor, rows, cols, seed):
+    from segbook.upsample import AlignedUpsampler
+    torch.manual_seed(seed)
+    x = torch.randn(1, 2, rows, cols)                                           # (1, C, h, w)
+    height = (rows - 1) * factor + 1 + torch.randint(0, factor, ()).item()     # any size the cells cover
+    width = (cols - 1) * factor + 1 + torch.randint(0, factor, ()).item()
+    with torch.no_grad():
+        out = AlignedUpsampler(2, factor)(x, (height, width))                   # (1, C, height, width)
+    assert out.shape == (1, 2, height, width)
+    core = F.interpolate(x, size=((rows - 1) * factor + 1, (cols - 1) * factor + 1), mode="bilinear",
+                         align_corners=True)                                     # the grid 0, f, 2f, ...
+    torch.testing.assert_close(out[..., :core.shape[-2], :core.shape[-1]], core)

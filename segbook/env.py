@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import random
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +16,13 @@ import torch
 
 PROFILES = ("quick", "full")
 
-_PROFILE_BLURB = {
-    "quick": "CPU-sized: toy VOC, random-init backbones, a few small epochs",
-    "full": "GPU-sized: real VOC2012, ImageNet-pretrained backbones, paper-like schedule",
+PROFILE_DESCRIPTIONS = {  # what each profile is, for the set-up page and the docs
+    "quick": "the toy VOC set, random-init backbones, a few small epochs on a CPU",
+    "full": "real VOC2012, ImageNet-pretrained backbones, a longer GPU schedule",
 }
+_PROFILE_TAG = {"quick": "toy VOC, random-init backbones", "full": "VOC2012, pretrained backbones"}  # setup's line
+
+_downgraded: str | None = None  # why this process left the full profile for quick, once that happened
 
 
 def seed_everything(seed: int = 0) -> int:
@@ -36,25 +38,39 @@ def seed_everything(seed: int = 0) -> int:
     return seed
 
 
-def get_device(prefer: str | None = None) -> torch.device:
+def get_device(prefer: str | None = None, *, given_as: str = "get_device(prefer=...)") -> torch.device:
     """The best device available: CUDA, then Apple's MPS, then the CPU.
 
     ``prefer`` (or the ``SEGBOOK_DEVICE`` variable) forces one, which is how the
-    tests pin the stored outputs to the CPU on a machine that has a GPU.
+    tests pin the stored outputs to the CPU on a machine that has a GPU. A
+    forced device that is not there is an error that says where the choice came
+    from: ``given_as`` names the caller's argument (the CLI passes ``--device``),
+    or ``SEGBOOK_DEVICE`` when the variable chose it.
     """
     choice = prefer or os.environ.get("SEGBOOK_DEVICE")
-    if choice:
+    if not choice:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    origin = given_as if prefer else "SEGBOOK_DEVICE"
+    fix = f"pass another {given_as} or leave it out" if prefer else "unset SEGBOOK_DEVICE or set it to 'cpu'"
+    try:
         device = torch.device(choice)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {choice!r} was asked for, but PyTorch sees no CUDA GPU; "
-                               "unset SEGBOOK_DEVICE or set it to 'cpu'.")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
+    except RuntimeError:
+        raise ValueError(f"device {choice!r} (asked for with {origin}) is not a device name; "
+                         "use cpu, cuda, cuda:1 or mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {choice!r} was asked for with {origin}, but PyTorch sees no CUDA GPU; {fix}.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RuntimeError(f"device {choice!r} was asked for with {origin}, but PyTorch sees "
+                           f"{torch.cuda.device_count()} CUDA GPU(s); {fix}.")
     mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    if device.type == "mps" and not (mps is not None and mps.is_available()):
+        raise RuntimeError(f"device {choice!r} was asked for with {origin}, but PyTorch sees no MPS device; {fix}.")
+    return device
 
 
 def data_home() -> Path:
@@ -69,15 +85,51 @@ def real_voc_available() -> bool:
     return find_voc_dir() is not None
 
 
-def get_profile(device: torch.device | None = None) -> str:
-    """``SEGBOOK_PROFILE`` when set; otherwise ``full`` on CUDA with VOC2012 on disk, else ``quick``."""
-    asked = os.environ.get("SEGBOOK_PROFILE", "").strip().lower()
-    if asked:
-        if asked not in PROFILES:
-            raise ValueError(f"SEGBOOK_PROFILE={asked!r} is not a profile; use one of {PROFILES}.")
-        return asked
+def get_profile(device: torch.device | None = None, *, asked: str | None = None) -> str:
+    """The profile of this process: ``quick`` or ``full``.
+
+    Asked for by ``asked`` (``setup(profile=...)``) or ``SEGBOOK_PROFILE``;
+    otherwise ``full`` on CUDA with VOC2012 on disk, else ``quick``. When
+    ``full`` is asked for but something of it is missing (no CUDA GPU, no
+    VOC2012 on disk), the profile is downgraded: one line says what was
+    missing, and every later call in the process returns ``quick``, so the
+    asserts written for the quick profile hold in every later cell.
+    """
+    if _downgraded is not None:
+        return "quick"
+    asked = (asked or os.environ.get("SEGBOOK_PROFILE", "")).strip().lower()
+    if asked and asked not in PROFILES:
+        raise ValueError(f"profile {asked!r} (SEGBOOK_PROFILE or setup(profile=...)) is not a profile; "
+                         f"use one of {PROFILES}.")
     device = device or get_device()
-    return "full" if device.type == "cuda" and real_voc_available() else "quick"
+    if asked == "quick":
+        return "quick"
+    missing = _full_profile_missing(device)
+    if asked == "full" and missing:
+        downgrade_profile(missing)
+    return "full" if not missing else "quick"
+
+
+def _full_profile_missing(device: torch.device) -> str | None:
+    """What the full profile needs and this machine lacks, in words; None when nothing is missing."""
+    if device.type != "cuda":
+        return f"no CUDA GPU (device: {device.type})"
+    if not real_voc_available():
+        return "no VOC2012 on disk (setup(download_voc=True) fetches it, or set SEGBOOK_VOC_ROOT)"
+    return None
+
+
+def downgrade_profile(reason: str, *, say: bool = True) -> None:
+    """Leave the full profile for quick, for the rest of the process, saying why in one line (once)."""
+    global _downgraded
+    if _downgraded is None and say:
+        print(f"full profile unavailable: {reason}; using the quick profile")
+    _downgraded = _downgraded or reason
+
+
+def profile_downgraded() -> str | None:
+    """Why the full profile was left for quick in this process, or None if it was not."""
+    return _downgraded
 
 
 def short_path(path: os.PathLike | str) -> str:
@@ -89,13 +141,19 @@ def short_path(path: os.PathLike | str) -> str:
         return path.as_posix()
 
 
-@dataclass(frozen=True)
 class Setup:
-    """What :func:`setup` decided; ``pick`` chooses a per-profile setting."""
+    """What :func:`setup` decided; ``pick`` chooses a per-profile setting.
 
-    profile: str
-    device: torch.device
-    seed: int
+    ``profile`` is read live: if the full profile is downgraded after set-up
+    (a later cell finds VOC2012 missing), every later ``pick`` sees ``quick``.
+    """
+
+    def __init__(self, profile: str, device: torch.device, seed: int) -> None:
+        self._profile, self.device, self.seed = profile, device, seed
+
+    @property
+    def profile(self) -> str:
+        return "quick" if _downgraded is not None else self._profile
 
     @property
     def quick(self) -> bool:
@@ -105,8 +163,11 @@ class Setup:
         """``quick`` in the quick profile, ``full`` in the full one (settings, sizes, epochs)."""
         return quick if self.quick else full
 
+    def __repr__(self) -> str:
+        return f"Setup(profile={self.profile!r}, device={self.device!r}, seed={self.seed})"
+
     def __str__(self) -> str:
-        return f"profile: {self.profile} ({_PROFILE_BLURB[self.profile]}) | device: {self.device.type} | seed: {self.seed}"
+        return f"profile: {self.profile} ({_PROFILE_TAG[self.profile]}) | device: {self.device.type} | seed: {self.seed}"
 
 
 def _quiet_notebook() -> None:
@@ -126,13 +187,31 @@ def _quiet_notebook() -> None:
             pass
 
 
-def setup(seed: int = 0, *, verbose: bool = True) -> Setup:
-    """Choose the profile and device, seed everything, and say so in one line."""
+def setup(seed: int = 0, profile: str | None = None, download_voc: bool = False, *, verbose: bool = True) -> Setup:
+    """Choose the profile and device, seed everything, and say so in one short line.
+
+    A reader switches profile here rather than in the code below:
+    ``setup(profile="full", download_voc=True)`` on a GPU machine fetches
+    VOC2012 (about 2 GB, once) and runs the full profile; when the GPU or the
+    data cannot be had, one line says so and the chapter runs the quick profile.
+    ``profile=None`` follows ``SEGBOOK_PROFILE``, else what the machine has.
+    """
     device = get_device()
-    env = Setup(profile=get_profile(device), device=device, seed=seed_everything(seed))
+    asked = (profile or os.environ.get("SEGBOOK_PROFILE", "")).strip().lower() or None
+    if asked == "full" and download_voc and device.type == "cuda" and not real_voc_available():
+        _download_voc()
+    env = Setup(profile=get_profile(device, asked=asked), device=device, seed=seed_everything(seed))
     _quiet_notebook()
-    if env.profile == "full" and device.type != "cuda":
-        print(f"note: the full profile on {device.type} will be slow; set SEGBOOK_PROFILE=quick for the CPU run.")
     if verbose:
         print(env)
     return env
+
+
+def _download_voc() -> None:
+    """VOC2012 for the full profile; a failure downgrades the profile with one line instead of stopping the notebook."""
+    from .data import download_voc2012  # segbook.data imports this module, so look it up lazily
+
+    try:
+        download_voc2012()
+    except (OSError, RuntimeError, ValueError) as err:  # offline, a bad checksum, a full disk, a broken archive
+        downgrade_profile(f"VOC2012 could not be downloaded ({type(err).__name__})")

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torchvision.transforms.v2.functional import normalize
 
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .sizes import as_pair
 
 __all__ = ["predict", "predict_logits", "sliding_windows"]
 
@@ -26,7 +27,7 @@ def _as_outputs(outputs: Mapping[str, Tensor] | Tensor) -> Mapping[str, Tensor]:
         return {"out": outputs}
     if "out" not in outputs:
         raise KeyError(f"the model's outputs have no 'out' logits (keys: {sorted(outputs)}); "
-                       "segbook models return a dict with 'out' of shape (B, C, H, W).")
+                       "segbook models return a dict with 'out' of shape (B, K, H, W).")
     return outputs
 
 
@@ -44,8 +45,8 @@ def sliding_windows(height: int, width: int, crop_size: int | Sequence[int],
     to end at the border, so no window hangs over the image. On an axis shorter
     than the crop there is one window, and it does hang over (the caller pads).
     """
-    ch, cw = _pair(crop_size, "crop_size")
-    sh, sw = _pair(stride, "stride") if stride is not None else (max(1, round(ch * 2 / 3)), max(1, round(cw * 2 / 3)))
+    ch, cw = as_pair(crop_size, "crop_size")
+    sh, sw = as_pair(stride, "stride") if stride is not None else (max(1, round(ch * 2 / 3)), max(1, round(cw * 2 / 3)))
     if sh > ch or sw > cw:
         raise ValueError(f"stride {(sh, sw)} is larger than the crop {(ch, cw)}: windows would leave gaps.")
 
@@ -56,13 +57,6 @@ def sliding_windows(height: int, width: int, crop_size: int | Sequence[int],
         return sorted({min(i * step, size - crop) for i in range(count)})
 
     return [(top, left, top + ch, left + cw) for top in starts(height, ch, sh) for left in starts(width, cw, sw)]
-
-
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or any(not isinstance(v, int) or v < 1 for v in pair):
-        raise ValueError(f"{name} must be a positive int or (height, width), got {value!r}.")
-    return pair
 
 
 def _as_model_input(image: Tensor) -> Tensor:
@@ -81,7 +75,7 @@ def _as_model_input(image: Tensor) -> Tensor:
 def predict_logits(model: nn.Module, image: Tensor, *, crop_size: int | Sequence[int] | None = None,
                    stride: int | Sequence[int] | None = None, device: torch.device | str | None = None,
                    batch_size: int = 4) -> Tensor:
-    """Class scores ``(C, H, W)`` for one image, by sliding windows when it is larger than ``crop_size``.
+    """Class scores ``(K, H, W)`` for one image, by sliding windows when it is larger than ``crop_size``.
 
     A model trained on crops sees the same scale at test time if the image is
     cut into crop-sized windows; overlapping windows are summed and each pixel
@@ -100,31 +94,32 @@ def predict_logits(model: nn.Module, image: Tensor, *, crop_size: int | Sequence
     try:
         with torch.inference_mode():
             x = x.to(run_on, dtype=torch.float32)
-            ch, cw = _pair(crop_size, "crop_size") if crop_size is not None else (height, width)
+            ch, cw = as_pair(crop_size, "crop_size") if crop_size is not None else (height, width)
             if height <= ch and width <= cw:
-                logits = _forward_logits(model, x[None])[0]  # (C, H, W)
+                logits = _forward_logits(model, x[None])[0]  # (K, H, W)
                 return logits.float().to(image.device)
+            # 0 is ImageNet's mean colour once normalised: the fill of training crops and padded validation batches
             padded = F.pad(x, (0, max(cw - width, 0), 0, max(ch - height, 0)))  # (3, H', W'), H' >= ch, W' >= cw
             windows = sliding_windows(padded.shape[-2], padded.shape[-1], (ch, cw), stride)
             summed = count = None
             for first in range(0, len(windows), batch_size):
                 chunk = windows[first:first + batch_size]
                 batch = torch.stack([padded[:, t:b, l:r] for t, l, b, r in chunk])  # (n, 3, ch, cw)
-                scores = _forward_logits(model, batch).float()  # (n, C, ch, cw)
+                scores = _forward_logits(model, batch).float()  # (n, K, ch, cw)
                 if summed is None:
-                    summed = padded.new_zeros((scores.shape[1], *padded.shape[-2:]))  # (C, H', W')
+                    summed = padded.new_zeros((scores.shape[1], *padded.shape[-2:]))  # (K, H', W')
                     count = padded.new_zeros((1, *padded.shape[-2:]))  # (1, H', W')
                 for (t, l, b, r), window_scores in zip(chunk, scores):
                     summed[:, t:b, l:r] += window_scores
                     count[:, t:b, l:r] += 1
-            logits = (summed / count)[:, :height, :width]  # (C, H, W); every pixel has count >= 1
+            logits = (summed / count)[:, :height, :width]  # (K, H, W); every pixel has count >= 1
             return logits.to(image.device)
     finally:
         model.train(was_training)
 
 
 def _forward_logits(model: nn.Module, batch: Tensor) -> Tensor:
-    logits = _as_outputs(model(batch))["out"]  # (B, C, h, w)
+    logits = _as_outputs(model(batch))["out"]  # (B, K, h, w)
     if logits.shape[-2:] != batch.shape[-2:]:
         raise ValueError(f"the model returned logits of size {tuple(logits.shape[-2:])} for an input of "
                          f"{tuple(batch.shape[-2:])}; segbook models return 'out' at the input's own size.")

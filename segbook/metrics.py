@@ -29,6 +29,16 @@ __all__ = ["ConfusionMatrix", "confusion_matrix"]
 _MAX_LISTED = 10  # bad ids named in an error message
 
 
+def not_ids_error(what: str, dtype, shape: Sequence[int]) -> TypeError:
+    """The error for scores passed where class ids belong; shared with :mod:`segbook.viz` so both say the same.
+
+    A 4-d float is almost always a model's logits, so the message says how to turn them into ids.
+    """
+    shape = tuple(shape)
+    hint = " This looks like logits of shape (B, K, H, W): pass logits.argmax(1)." if len(shape) == 4 else ""
+    return TypeError(f"{what} must hold integer class ids, got dtype {dtype} with shape {shape}.{hint}")
+
+
 def _as_ids(x, what: str) -> torch.Tensor:
     """Check that ``x`` holds integer class ids; logits and probabilities get a pointed error."""
     if isinstance(x, np.ndarray):
@@ -36,8 +46,7 @@ def _as_ids(x, what: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} must be a tensor (or NumPy array) of class ids, got {type(x).__name__}.")
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-        hint = " This looks like logits of shape (B, C, H, W): pass logits.argmax(1)." if x.dim() == 4 else ""
-        raise TypeError(f"{what} must hold integer class ids, got dtype {x.dtype} with shape {tuple(x.shape)}.{hint}")
+        raise not_ids_error(what, x.dtype, x.shape)
     return x
 
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .sizes import as_pair
+
 __all__ = [
     "AlignedUpsampler",
     "aligned_upsampler",
@@ -36,13 +38,6 @@ __all__ = [
     "conv_transpose2d_loop",
     "conv_transpose_output_size",
 ]
-
-
-def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or any(not isinstance(v, int) or v < 0 for v in pair):
-        raise ValueError(f"{name} must be a non-negative int or a pair of them, got {value!r}.")
-    return pair  # type: ignore[return-value]
 
 
 def bilinear_kernel(in_channels: int, out_channels: int, kernel_size: int) -> Tensor:
@@ -142,9 +137,7 @@ def conv_transpose2d_loop(x: Tensor, weight: Tensor, stride: int | tuple[int, in
     if x.shape[1] != weight.shape[0]:
         raise ValueError(f"x has {x.shape[1]} channels but weight expects {weight.shape[0]} "
                          "(weight is (C_in, C_out, kh, kw), nn.ConvTranspose2d's layout, not Conv2d's).")
-    (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
-    if sh < 1 or sw < 1:
-        raise ValueError(f"stride must be at least 1, got {stride!r}.")
+    (sh, sw), (ph, pw) = as_pair(stride, "stride"), as_pair(padding, "padding", minimum=0)
     batch, _, height, width = x.shape
     kh, kw = weight.shape[2:]
     full_h, full_w = (height - 1) * sh + kh, (width - 1) * sw + kw

@@ -20,9 +20,10 @@ from matplotlib.ticker import MaxNLocator
 
 from .data.voc import IGNORE_INDEX, NUM_CLASSES, VOC_BORDER_COLOR, VOC_CLASSES, VOC_COLORMAP
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .metrics import not_ids_error
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "class_legend", "colorize", "overlay", "plot_history",
-           "show_image_grid", "show_samples", "to_rgb"]
+           "show_image_grid", "show_samples", "to_rgb", "LivePlot"]
 
 # The statistics torchvision's ImageNet weights were trained with; float images are assumed normalised by them.
 
@@ -47,8 +48,7 @@ def _class_ids(label, what: str = "label") -> np.ndarray:
     """``label`` as an int64 array of VOC ids; anything but 0..20 and 255 raises, naming the values."""
     ids = _numpy(label)
     if not np.issubdtype(ids.dtype, np.integer):
-        hint = " This looks like logits of shape (B, C, H, W): pass logits.argmax(1)." if ids.ndim == 4 else ""
-        raise TypeError(f"{what} must hold integer class ids, got dtype {ids.dtype} with shape {ids.shape}.{hint}")
+        raise not_ids_error(what, ids.dtype, ids.shape)
     ids = ids.astype(np.int64, copy=False)
     bad = np.unique(ids[((ids < 0) | (ids >= NUM_CLASSES)) & (ids != IGNORE_INDEX)])
     if bad.size:
@@ -263,3 +263,38 @@ def show_image_grid(images, titles: Sequence[str] | None = None, ncols: int = 4,
             ax.set_title(titles[i], fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return getattr(get_ipython(), "kernel", None) is not None
+
+
+class LivePlot:
+    """Loss and mIoU curves in a notebook, redrawn in place after each epoch of ``fit``.
+
+    ``display_id`` makes Jupyter replace the figure rather than append one per
+    epoch; the figure is closed in pyplot right away (it can still be drawn and
+    shown), so the inline backend does not show it a second time when the cell
+    ends. ``enabled=None`` means "only inside a notebook": a terminal run stays text.
+    """
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = _in_notebook() if enabled is None else bool(enabled)
+        self.handle = self.figure = None
+
+    def update(self, history: Sequence[Mapping]) -> None:
+        if not self.enabled:
+            return
+        from IPython.display import display
+
+        if self.figure is None:
+            self.figure = plot_history(history)
+            plt.close(self.figure)
+            self.handle = display(self.figure, display_id=True)
+        else:
+            plot_history(history, axes=self.figure.axes[:2])
+            self.handle.update(self.figure)

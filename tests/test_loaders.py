@@ -133,7 +133,7 @@ def test_unknown_source_lists_the_choices():
 
 
 # --------------------------------------------------------------------------- pad_collate and load_voc
-def test_pad_collate_pads_bottom_right_with_0_and_255():
+def test_pad_collate_pads_bottom_right_with_0_and_255():  # 0: ImageNet mean colour once normalised
     a = (torch.ones(3, 2, 3), torch.full((2, 3), 7))
     b = (torch.full((3, 4, 2), 2.0), torch.full((4, 2), 5))
     images, masks = pad_collate([a, b])
@@ -282,3 +282,53 @@ def test_folder_corrupt_label_names_the_file(tmp_path):
     (tmp_path / "train" / "labels" / "x.png").write_bytes(b"\x89PNG but cut short")
     with pytest.raises(ValueError, match=r"labels/x\.png: cannot decode this label PNG .*Replace the file"):
         FolderSegmentation(tmp_path, "train")[0]
+
+
+# --------------------------------------------------------------------------- a root the caller names
+def test_a_root_without_voc_is_never_swapped_for_other_data(tmp_path, monkeypatch):
+    empty = tmp_path / "mine"
+    empty.mkdir()
+    monkeypatch.setattr(data, "make_toy_voc", lambda *a, **k: pytest.fail("fell back to a toy set"))
+    for source in ("voc", "auto"):
+        with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(empty))} holds no Pascal VOC2012 .*expected "
+                                                    r"VOCdevkit/VOC2012/ inside it, or JPEGImages/"):
+            get_voc_dir(source, root=empty, download=False)
+
+    def offline(root=None, **kwargs):
+        raise ConnectionError(f"could not download VOC2012 into {root}")
+
+    monkeypatch.setattr(data, "download_voc2012", offline)
+    with pytest.raises(ConnectionError, match="mine"):  # download into the root, or stop: no toy instead
+        get_voc_dir("voc", root=empty)
+
+
+def test_a_toy_root_is_toy_whatever_the_source_says(tmp_path, capsys):
+    toy = make_toy_voc(tmp_path / "toy", num_train=2, num_val=1)
+    with pytest.raises(ValueError, match=r"holds the generated toy VOC set, not Pascal VOC2012; use source 'toy'"):
+        get_voc_dir("voc", root=toy.parents[1])
+    for source in ("auto", "toy"):
+        assert get_voc_dir(source, root=toy) == toy
+        assert capsys.readouterr().out.startswith("dataset: toy VOC")
+    assert data.is_toy_voc(toy)
+
+
+def test_the_fallback_to_toy_is_visible_to_the_caller_and_downgrades_the_profile(monkeypatch, capsys):
+    from segbook import env
+
+    monkeypatch.setattr(env, "_downgraded", None)
+    monkeypatch.setattr(data, "download_voc2012", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("offline")))
+    voc = get_voc_dir("voc", toy_size=SIZE, verbose=False)
+    assert data.is_toy_voc(voc) and env.profile_downgraded().startswith("VOC2012 is not on disk")
+    assert env.get_profile() == "quick"
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_padded_batches_carry_sizes_through_pickling():
+    import pickle
+
+    batch = pad_collate([(torch.ones(3, 2, 3), torch.zeros(2, 3, dtype=torch.long)),
+                         (torch.ones(3, 4, 2), torch.zeros(4, 2, dtype=torch.long))])
+    images, masks = batch  # still unpacks as the pair
+    assert batch.sizes == ((2, 3), (4, 2))
+    again = pickle.loads(pickle.dumps(batch))  # how a worker process hands it over
+    assert isinstance(again, data.PaddedBatch) and again.sizes == batch.sizes and torch.equal(again[0], images)

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from segbook import checkpoints as CK
+from segbook import runtime, viz
 from segbook import train as T
 from segbook.metrics import ConfusionMatrix
 from segbook.train import (TrainingDiverged, evaluate, fit, load_checkpoint, poly_schedule, predict, predict_logits,
@@ -37,7 +39,7 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         features = self.body(x)  # (B, 8, H, W)
-        out = {"out": self.head(features)}  # (B, C, H, W)
+        out = {"out": self.head(features)}  # (B, K, H, W)
         if self.aux is not None and self.training:
             out["aux"] = self.aux(features)
         return out
@@ -80,7 +82,7 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
 
 def masked_ce(logits, target, ignore=255):
     """The reference: -log softmax at the target class, averaged over pixels that are not ignored."""
-    logp = logits.log_softmax(1).permute(0, 2, 3, 1)  # (B, H, W, C)
+    logp = logits.log_softmax(1).permute(0, 2, 3, 1)  # (B, H, W, K)
     keep = target != ignore
     return -logp[keep].gather(1, target[keep][:, None]).mean()
 
@@ -258,16 +260,16 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path):
 
 def test_interrupted_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    T._atomic_save({"epoch": 1}, path)
+    CK.atomic_save({"epoch": 1}, path)
     before = path.read_bytes()
 
     def half_write(obj, f):
         f.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(T.torch, "save", half_write)
+    monkeypatch.setattr(CK.torch, "save", half_write)
     with pytest.raises(OSError, match="disk full"):
-        T._atomic_save({"epoch": 2}, path)
+        CK.atomic_save({"epoch": 2}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
@@ -348,21 +350,21 @@ def test_nan_in_the_first_epoch_says_nothing_was_saved(tmp_path):
 def test_progress_switch(monkeypatch):
     for name in ("TQDM_DISABLE", "CI"):
         monkeypatch.delenv(name, raising=False)
-    assert T._progress_on(None)
+    assert runtime.progress_on(None)
     monkeypatch.setenv("CI", "true")
-    assert not T._progress_on(None) and T._progress_on(True)
+    assert not runtime.progress_on(None) and runtime.progress_on(True)
     monkeypatch.delenv("CI")
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    assert not T._progress_on(None)
+    assert not runtime.progress_on(None)
     monkeypatch.setenv("TQDM_DISABLE", "0")
-    assert T._progress_on(None)
+    assert runtime.progress_on(None)
 
 
 # -- evaluate --------------------------------------------------------------------------------------------
 
 
 class Fixed(nn.Module):
-    """Returns stored logits batch by batch: evaluation with known outputs."""
+    """Returns stored logits call by call: evaluation with known outputs."""
 
     def __init__(self, logits: list[torch.Tensor]) -> None:
         super().__init__()
@@ -377,9 +379,9 @@ class Fixed(nn.Module):
 
 def test_evaluate_against_a_hand_made_reference():
     g = torch.Generator().manual_seed(3)
-    logits = [torch.randn(2, 3, 4, 5, generator=g), torch.randn(1, 3, 4, 5, generator=g)]
+    logits = [torch.randn(1, 3, 4, 5, generator=g) for _ in range(3)]  # one forward pass per image
     masks = [torch.randint(0, 3, (2, 4, 5), generator=g), torch.randint(0, 3, (1, 4, 5), generator=g)]
-    masks[1][:, 1:] = 255  # a padded image: few counted pixels, must weigh little
+    masks[1][:, 1:] = 255  # a mostly ignored image: few counted pixels, must weigh little
     batches = [(torch.zeros(len(m), 3, 4, 5), m) for m in masks]
     result = evaluate(Fixed(logits), batches)
     all_logits, all_masks = torch.cat(logits), torch.cat(masks)
@@ -390,6 +392,50 @@ def test_evaluate_against_a_hand_made_reference():
     assert len(result["iou"]) == 3
     with pytest.raises(ValueError, match="no batches"):
         evaluate(TinyNet(), [])
+
+
+class PaddingSensitive(nn.Module):
+    """Zero-padded convs plus a global-average-pooled bias: its logits change when the input is padded."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, num_classes, 5, padding=2)
+        self.context = nn.Linear(3, num_classes)
+
+    def forward(self, x):
+        pooled = x.mean((2, 3))  # (B, 3): the padding is averaged in
+        return {"out": self.conv(x) + 10 * self.context(pooled)[:, :, None, None]}  # (B, K, H, W)
+
+
+def _uneven_val_set(n: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(5)
+    items = []
+    for k in range(n):
+        h, w = 9 + 3 * k, 20 - 2 * k  # all sizes differ
+        image = torch.randn(3, h, w, generator=g) + k / 4  # (3, H, W), shifted: pooling sees a real difference
+        items.append((image, torch.randint(0, NUM_CLASSES, (h, w), generator=g)))
+    return items
+
+
+def test_validation_scores_do_not_depend_on_the_batch_size():
+    """pad_collate's batches carry each image's size: every image is scored alone, without the padding."""
+    from segbook.data import pad_collate
+
+    items, model = _uneven_val_set(), PaddingSensitive()
+    results = {b: evaluate(model, DataLoader(items, batch_size=b, collate_fn=pad_collate)) for b in (1, 3, 8)}
+    reference = ConfusionMatrix(NUM_CLASSES)
+    for image, mask in items:  # by hand: one image per pass
+        reference.update(model(image[None])["out"].argmax(1), mask[None])
+    for result in results.values():
+        assert torch.equal(result["confusion"].matrix, reference.matrix)
+        assert result["loss"] == pytest.approx(results[1]["loss"], rel=1e-6)
+    # the model does see padding: scoring the padded batches whole gives another matrix
+    padded = evaluate(model, DataLoader(items, batch_size=8, collate_fn=pad_collate), per_image=False)
+    assert not torch.equal(padded["confusion"].matrix, reference.matrix)
+    # lists of unpadded tensors, another way a loader can hand over uneven images
+    as_lists = evaluate(model, DataLoader(items, batch_size=3, collate_fn=lambda b: tuple(map(list, zip(*b)))))
+    assert torch.equal(as_lists["confusion"].matrix, reference.matrix)
 
 
 # -- predict ---------------------------------------------------------------------------------------------
@@ -424,7 +470,7 @@ def pointwise_model(num_classes=4, seed=0) -> nn.Module:
 def test_predict_with_windows_equals_the_whole_image():
     model = pointwise_model()
     image = torch.randn(3, 70, 95)
-    whole = predict_logits(model, image)  # (C, H, W) in one pass
+    whole = predict_logits(model, image)  # (K, H, W) in one pass
     reference = model(image[None])[0].detach()
     torch.testing.assert_close(whole, reference)
     windowed = predict_logits(model, image, crop_size=32)
@@ -467,35 +513,6 @@ def test_predict_rejects_a_batch_and_keeps_the_mode():
         predict(nn.Conv2d(3, 2, 2, stride=2), torch.randn(3, 16, 16))
 
 
-# -- command line ----------------------------------------------------------------------------------------
-
-
-def test_cli_help(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        T.main(["--help"])
-    assert exit_.value.code == 0
-    text = capsys.readouterr().out
-    for option in ("--model", "--source", "--crop-size", "--resume", "--pretrained-backbone", "--num-workers"):
-        assert option in text
-
-
-def test_cli_trains_one_epoch_on_toy_voc(tmp_path, capsys, monkeypatch):
-    data = pytest.importorskip("segbook.data")
-    pytest.importorskip("segbook.models")
-    # a toy set of 8 + 4 images keeps this under a few seconds (load_voc has no size argument of its own)
-    monkeypatch.setattr(data, "get_voc_dir", functools.partial(data.get_voc_dir, toy_size=(8, 4)))
-    status = T.main(["--model", "fcn", "--backbone", "resnet18", "--source", "toy", "--root", str(tmp_path / "voc"),
-                     "--epochs", "1", "--batch-size", "4", "--crop-size", "64", "64", "--device", "cpu",
-                     "--checkpoint-dir", str(tmp_path / "ck"), "--num-workers", "0", "--no-progress"])
-    assert status == 0  # what the segbook-train console script hands to sys.exit
-    history = load_checkpoint(tmp_path / "ck" / "last.pt")["history"]
-    assert len(history) == 1 and math.isfinite(history[0]["val_loss"])
-    out = capsys.readouterr().out
-    assert "epoch 1/1 | train_loss" in out and "final: val_loss" in out
-    assert "data toy VOC (8 train, 4 val)" in out
-    assert "aeroplane" in out and "mIoU" in out  # the per-class table
-
-
 # -- notebook ---------------------------------------------------------------------------------------------
 
 
@@ -520,8 +537,8 @@ def test_live_plot_redraws_one_figure_in_a_notebook(monkeypatch):
         shown.append(("display", obj))
         return FakeHandle(shown)
 
-    assert not T._in_notebook()  # pytest runs in no kernel
-    monkeypatch.setattr(T, "_in_notebook", lambda: True)
+    assert not viz._in_notebook()  # pytest runs in no kernel
+    monkeypatch.setattr(viz, "_in_notebook", lambda: True)
     monkeypatch.setattr(IPython.display, "display", fake_display)
     open_before = set(plt.get_fignums())
     run(epochs=3)  # live_plot=None: on, because a kernel is detected
@@ -535,3 +552,68 @@ def test_live_plot_redraws_one_figure_in_a_notebook(monkeypatch):
     shown.clear()
     run(epochs=2, live_plot=False)
     assert shown == []
+
+
+# -- checkpoints: settings, leftovers, interruptions -----------------------------------------------------
+
+
+def test_resume_refuses_other_settings_and_lists_them(tmp_path):
+    run(epochs=1, checkpoint_dir=tmp_path, run_config={"crop_size": [64, 64], "batch_size": 4})
+    with pytest.raises(CK.ConfigMismatch) as caught:
+        run(epochs=2, resume=True, checkpoint_dir=tmp_path, run_config={"crop_size": [96, 96], "batch_size": 4})
+    message = str(caught.value)
+    assert "crop_size: [64, 64] -> [96, 96]" in message and "batch_size" not in message
+    assert "last.pt was written by a run with other settings" in message
+    with pytest.raises(CK.ConfigMismatch, match=r"lr: 0\.2 -> 0\.1"):
+        fit(TinyNet(), *loaders(), epochs=2, lr=0.1, device="cpu", log=None, resume=True, checkpoint_dir=tmp_path,
+            run_config={"crop_size": [64, 64], "batch_size": 4})
+    # more epochs than planned is a continuation, not another run
+    _, history = run(epochs=2, resume=True, checkpoint_dir=tmp_path, run_config={"crop_size": (64, 64), "batch_size": 4})
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert list(load_checkpoint(tmp_path / "last.pt")["config"]["crop_size"]) == [64, 64]
+
+
+def test_resume_into_another_architecture_is_one_clear_error(tmp_path):
+    run(epochs=1, checkpoint_dir=tmp_path)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    del state["config"]  # as an older file without settings: the weights themselves must be checked
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=r"last\.pt holds weights of another model: .*unexpected.*missing entries "
+                                         r"against TinyNet; build the model it was trained as"):
+        run(epochs=2, model=TinyNet(aux=True), resume=True, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="the same entries with other shapes"):
+        load_checkpoint(tmp_path / "last.pt", TinyNet(num_classes=5))
+
+
+def test_stale_temporary_files_are_removed_with_one_line(tmp_path):
+    (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"half")
+    (tmp_path / "notes.tmp").write_text("mine")  # not a checkpoint temporary: left alone
+    lines = []
+    run(epochs=1, checkpoint_dir=tmp_path, log=lines.append)
+    assert lines[0].startswith("removed .last.pt.abc123.tmp from ") and "killed" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt", "notes.tmp"]
+
+
+def test_ctrl_c_says_what_was_saved(tmp_path):
+    train, _ = loaders()
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        run(epochs=3, train=Interrupting(train, at_epoch=2), checkpoint_dir=tmp_path, log=lines.append)
+    assert lines[-1].startswith("interrupted in epoch 2: ") and "last.pt holds epoch 1" in lines[-1]
+    lines.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run(epochs=3, train=Interrupting(loaders()[0], at_epoch=1), log=lines.append)
+    assert lines == ["interrupted in epoch 1: nothing was saved"]
+
+
+def test_chapter_checkpoints_live_in_the_data_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGBOOK_DATA", str(tmp_path))
+    assert CK.chapter_checkpoint_dir("03_fcn", "fcn8s") == tmp_path / "checkpoints" / "03_fcn" / "fcn8s"
+
+
+def test_old_names_stay_importable():
+    from segbook.cli import main as cli_main
+    from segbook.train import (TrainingDiverged, evaluate, fit, load_checkpoint, main, poly_schedule,  # noqa: F401
+                               predict, predict_logits, save_checkpoint, segmentation_loss, sliding_windows)
+    from segbook.evaluation import evaluate as evaluate_
+    assert evaluate is evaluate_ and callable(cli_main) and callable(main)

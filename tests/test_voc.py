@@ -147,11 +147,14 @@ def test_label_size_differs_from_image(voc_dir):
 def test_corrupt_files(voc_dir):
     image = voc_dir / "JPEGImages" / "2007_000001.jpg"
     image.write_bytes(image.read_bytes()[:200])  # truncated mid-scan
-    with pytest.raises(ValueError, match=r"2007_000001\.jpg: cannot decode this image .*download or extract it again"):
+    fix = r"Restore this one file from VOC's archive: run `tar -xf VOCtrainval_11-May-2012\.tar "
+    with pytest.raises(ValueError, match=r"2007_000001\.jpg: cannot decode this image .*" + fix +
+                       r"VOCdevkit/VOC2012/JPEGImages/2007_000001\.jpg` in "):
         read_image(image)
     label = voc_dir / "SegmentationClass" / "2007_000002.png"
     label.write_bytes(b"not a png at all")
-    with pytest.raises(ValueError, match=r"2007_000002\.png: cannot decode this label PNG"):
+    with pytest.raises(ValueError, match=r"2007_000002\.png: cannot decode this label PNG.*" + fix +
+                       r"VOCdevkit/VOC2012/SegmentationClass/2007_000002\.png`"):
         VOCSegmentation(voc_dir, "train")[0]
 
 

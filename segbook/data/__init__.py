@@ -21,24 +21,17 @@ from .download import download_voc2012
 from .folder import FolderSegmentation
 from .toy import TOY_CLASSES, TOY_MARKER, TOY_SIZE, TOY_VERSION, make_toy_voc
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transforms, train_transforms
-from .voc import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES, VOC_COLORMAP, VOCSegmentation, read_image, read_label
+from .voc import (_HOW_TO_GET_VOC, IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES, VOC_COLORMAP, VOCSegmentation, is_toy_voc,
+                  layout_missing, locate_voc, read_image, read_label, restore_hint)
 
 __all__ = [
     "VOC_CLASSES", "VOC_COLORMAP", "IGNORE_INDEX", "NUM_CLASSES", "TOY_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD",
     "read_image", "read_label", "VOCSegmentation", "FolderSegmentation", "download_voc2012", "make_toy_voc",
     "train_transforms", "eval_transforms", "denormalize", "find_voc_dir", "get_voc_dir", "pad_collate", "load_voc",
+    "PaddedBatch", "check_labels", "is_toy_voc", "no_voc_message",
 ]
 
 SOURCES = ("auto", "voc", "toy")
-
-
-def _voc_layout(folder: Path) -> Path | None:
-    """The VOC2012 folder at, or inside, ``folder`` (VOC2012 itself or the folder holding VOCdevkit)."""
-    for voc in (folder, folder / "VOC2012", folder / "VOCdevkit" / "VOC2012"):
-        if (voc / "ImageSets" / "Segmentation" / "train.txt").is_file() and (voc / "JPEGImages").is_dir() \
-                and (voc / "SegmentationClass").is_dir():
-            return voc
-    return None
 
 
 def find_voc_dir(root: os.PathLike | str | None = None) -> Path | None:
@@ -55,10 +48,23 @@ def find_voc_dir(root: os.PathLike | str | None = None) -> Path | None:
         candidates = [Path(os.environ["SEGBOOK_VOC_ROOT"]).expanduser()] if os.environ.get("SEGBOOK_VOC_ROOT") else []
         candidates.append(data_home() / "voc")
     for folder in candidates:
-        voc = _voc_layout(folder)
-        if voc is not None and not (voc / TOY_MARKER).exists():
+        voc = locate_voc(folder)
+        if voc is not None and not is_toy_voc(voc):
             return voc
     return None
+
+
+def no_voc_message(root: os.PathLike | str) -> str:
+    """Why ``root`` is not a dataset folder, and what was expected inside it (for the reader and the CLI)."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        said = f"{root} does not exist"
+    else:
+        said = f"{root} holds no Pascal VOC2012 (missing {', '.join(layout_missing(root))})"
+    toys = sorted(p.name for p in root.glob("toy_voc_v*") if p.is_dir()) if root.is_dir() else []
+    toy_hint = f" It holds a generated toy set ({toys[0]}): use source 'toy' for it." if toys else ""
+    return (f"{said}; expected VOCdevkit/VOC2012/ inside it, or JPEGImages/, SegmentationClass/ and "
+            f"ImageSets/Segmentation/ directly in it.{toy_hint}")
 
 
 def _toy_voc_dir(root: Path | None, seed: int, num_train: int, num_val: int) -> Path:
@@ -104,45 +110,99 @@ def get_voc_dir(source: str = "auto", root: os.PathLike | str | None = None, *, 
     ``source``:
 
     * ``"auto"``: real VOC2012 when it is already on disk (see :func:`find_voc_dir`), else the toy set;
-    * ``"voc"``: real VOC2012, downloaded into ``root`` or ``data_home()/"voc"`` when missing (if
-      ``download``). When that fails (offline, say), one line says so and the toy set is used, so a
-      notebook carries on in the quick profile;
+    * ``"voc"``: real VOC2012, downloaded into ``data_home()/"voc"`` when missing (if ``download``).
+      When that fails (offline, say), one line says so, the profile is downgraded to quick
+      (:func:`segbook.env.downgrade_profile`) and the toy set is used, so a notebook carries on;
+      :func:`is_toy_voc` on the result tells the caller which it got;
     * ``"toy"``: the toy set (``toy_size`` = (train, val) images, ``toy_seed``), generated once into
       ``root`` or ``data_home()`` as ``toy_voc_v<version>_seed<seed>`` and reused afterwards.
+
+    A ``root`` the caller gives names the data: it is never swapped for other data. With ``"voc"``
+    or ``"auto"`` it must hold VOC2012 (``"voc"`` downloads into it when ``download``) or, for
+    ``"auto"``, a toy set; otherwise a ``FileNotFoundError`` names it and what was expected inside.
     """
     if source not in SOURCES:
         raise ValueError(f"source={source!r}: use one of {SOURCES}.")
-    voc = None
-    if source != "toy":
-        voc = find_voc_dir(root)
-        if voc is None and source == "voc":
-            if download:
-                try:
-                    voc = download_voc2012(Path(root).expanduser() if root is not None else data_home() / "voc")
-                except (OSError, RuntimeError) as err:  # ConnectionError, ChecksumError, a full disk ...
-                    print(f"VOC2012 is not on disk and could not be downloaded ({type(err).__name__}); "
-                          "carries on in the quick profile with the toy VOC set.")
-            else:
-                print("VOC2012 is not on disk and download=False; "
-                      "carries on in the quick profile with the toy VOC set.")
-    if voc is None:
-        voc = _toy_voc_dir(root if source == "toy" else None, toy_seed, *toy_size)
-        what = f"toy VOC ({len(TOY_CLASSES)} classes + background, generated offline)"
+    if root is not None:
+        voc = _voc_at_root(Path(root).expanduser(), source, download, toy_seed, toy_size)
+    elif source == "toy":
+        voc = _toy_voc_dir(None, toy_seed, *toy_size)
     else:
-        what = "Pascal VOC2012"
+        voc = find_voc_dir() or _download_or_fallback(source, download, toy_seed, toy_size)
     if verbose:
+        what = (f"toy VOC ({len(TOY_CLASSES)} classes + background, generated offline)" if is_toy_voc(voc)
+                else "Pascal VOC2012")
         print(f"dataset: {what} | train {_split_size(voc, 'train')}, val {_split_size(voc, 'val')} images "
               f"| {short_path(voc)}")
     return voc
 
 
-def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _voc_at_root(root: Path, source: str, download: bool, toy_seed: int, toy_size: tuple[int, int]) -> Path:
+    """The data at the folder the caller named: never another folder's, never a silent substitute."""
+    found = locate_voc(root)
+    if found is not None and is_toy_voc(found):
+        if source == "voc":
+            raise ValueError(f"{root} holds the generated toy VOC set, not Pascal VOC2012; use source 'toy' "
+                             "(--source toy) to train on it, or a root that holds VOC2012.")
+        return found
+    if found is not None and source != "toy":
+        return found
+    if source == "toy":
+        return _toy_voc_dir(root, toy_seed, *toy_size)
+    if source == "voc" and download:
+        return download_voc2012(root)  # raises, saying how to get VOC2012 by hand, when it cannot
+    raise FileNotFoundError(f"{no_voc_message(root)} {_HOW_TO_GET_VOC}")
+
+
+def _download_or_fallback(source: str, download: bool, toy_seed: int, toy_size: tuple[int, int]) -> Path:
+    """No root given: download VOC2012 when asked for, else (or when that fails) the toy set, said in one line."""
+    from ..env import downgrade_profile
+
+    if source == "voc":
+        if download:
+            try:
+                return download_voc2012(data_home() / "voc")
+            except (OSError, RuntimeError) as err:  # ConnectionError, ChecksumError, a full disk ...
+                why = f"could not be downloaded ({type(err).__name__})"
+        else:
+            why = "download=False"
+        print(f"VOC2012 is not on disk and {why}; carries on in the quick profile with the toy VOC set.")
+        downgrade_profile(f"VOC2012 is not on disk and {why}", say=False)
+    return _toy_voc_dir(None, toy_seed, *toy_size)
+
+
+class PaddedBatch(tuple):
+    """``(images, masks)`` padded to a common size, with each image's own ``(H, W)`` in ``sizes``.
+
+    It unpacks like the plain pair (``images, masks = batch``), so code that
+    only wants tensors is untouched, while :func:`segbook.evaluation.evaluate`
+    reads ``sizes`` to cut the padding off and score each image alone: a score
+    that does not depend on which images happened to share a batch.
+    """
+
+    sizes: tuple[tuple[int, int], ...]
+
+    def __new__(cls, images: torch.Tensor, masks: torch.Tensor, sizes) -> "PaddedBatch":
+        batch = super().__new__(cls, (images, masks))
+        batch.sizes = tuple((int(h), int(w)) for h, w in sizes)
+        return batch
+
+    def __getnewargs__(self):  # pickling (worker processes) rebuilds it with its sizes
+        return (self[0], self[1], self.sizes)
+
+    def pin_memory(self) -> "PaddedBatch":  # DataLoader(pin_memory=True) would otherwise return a plain list
+        return PaddedBatch(self[0].pin_memory(), self[1].pin_memory(), self.sizes)
+
+
+def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> PaddedBatch:
     """Stack (image, mask) pairs of different sizes by padding each at the bottom and right.
 
     Validation scores whole images, as VOC's metric does, and images differ in
     size; resizing them would change the labels being scored. Padding keeps every
-    pixel where it was: images get 0 and masks get 255, so padded pixels are
-    ignored by the loss and the metrics.
+    pixel where it was: images get 0 (ImageNet's mean colour once normalised, the
+    fill of training crops and sliding windows too) and masks get 255, so padded
+    pixels are ignored by the loss and the metrics. The batch remembers each
+    image's size, so evaluation can score every image without the padding.
     """
     height = max(image.shape[-2] for image, _ in batch)
     width = max(image.shape[-1] for image, _ in batch)
@@ -151,7 +211,47 @@ def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.T
         pad = (0, width - image.shape[-1], 0, height - image.shape[-2])  # (left, right, top, bottom)
         images.append(F.pad(image, pad, value=0.0))  # (3, H, W)
         masks.append(F.pad(mask, pad, value=IGNORE_INDEX))  # (H, W)
-    return torch.stack(images), torch.stack(masks)  # (B, 3, H, W), (B, H, W)
+    sizes = [tuple(image.shape[-2:]) for image, _ in batch]
+    return PaddedBatch(torch.stack(images), torch.stack(masks), sizes)  # (B, 3, H, W), (B, H, W)
+
+
+def check_labels(dataset: Dataset, *, progress: bool | None = None, desc: str = "checking labels") -> list[tuple[int, int]]:
+    """Read every label of ``dataset`` (and the size of its image) now, so a bad file stops the run before epoch 1.
+
+    A corrupt or re-saved label otherwise surfaces when the loader reaches it,
+    perhaps at the end of the first validation, an epoch of work later. The
+    error names that one file and how to restore it. Takes a
+    :class:`VOCSegmentation` or :class:`FolderSegmentation` (also wrapped, as
+    ``load_voc``'s training set is); returns each image's ``(H, W)``, which the
+    command line uses to check the crop size against the images.
+    """
+    from PIL import Image
+
+    from ..runtime import progress_bar
+
+    base = dataset
+    while not hasattr(base, "label_path") and not hasattr(base, "labels") and hasattr(base, "dataset"):
+        base = base.dataset  # e.g. SeededItems
+    if hasattr(base, "label_path"):
+        pairs = [(base.image_path(i), base.label_path(i), read_label) for i in range(len(base))]
+    elif hasattr(base, "labels"):
+        pairs = [(image, label, base.read_label) for image, label in zip(base.images, base.labels)]
+    else:
+        raise TypeError(f"check_labels takes a VOCSegmentation or FolderSegmentation, got {type(dataset).__name__}.")
+    sizes = []
+    for image_path, label_path, read in progress_bar(pairs, enabled=progress, desc=desc):
+        label = read(label_path)  # (H, W); raises naming the file
+        try:
+            with Image.open(image_path) as img:  # the header only: no decoding
+                width, height = img.size
+        except OSError as err:
+            raise ValueError(f"{image_path}: cannot read this image ({err}). {restore_hint(image_path)}") from err
+        if (height, width) != tuple(label.shape):
+            raise ValueError(f"{label_path} is {label.shape[1]}x{label.shape[0]} (WxH) but its image {image_path} is "
+                             f"{width}x{height}: a label must cover its image pixel for pixel. "
+                             f"{restore_hint(label_path)}")
+        sizes.append((height, width))
+    return sizes
 
 
 class SeededShuffle(Sampler):
@@ -207,7 +307,9 @@ def load_voc(batch_size: int, crop_size: int | tuple[int, int], source: str = "a
     flip, reshuffled every epoch by a generator seeded with ``seed``; the last
     incomplete batch is dropped unless the split is no larger than a batch.
     Validation: whole images, normalised only, padded to a common size per
-    batch by :func:`pad_collate`.
+    batch by :func:`pad_collate`; the batches carry each image's size, so
+    :func:`~segbook.evaluation.evaluate` scores every image alone, at its own
+    size, whatever ``val_batch_size`` is.
     """
     voc = get_voc_dir(source, root, verbose=verbose)
     workers = default_num_workers() if num_workers is None else num_workers

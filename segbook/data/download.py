@@ -22,6 +22,7 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from ..env import data_home
+from .voc import VOC_ARCHIVE_NAME, layout_missing, missing_files, split_ids
 
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"  # the official host
 # Tried in turn when the one before fails: the host torchvision now uses, then the official host over HTTPS.
@@ -30,7 +31,6 @@ VOC_MIRRORS = (
     "https://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
 )
 VOC_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"  # torchvision.datasets.voc's value for the 2012 trainval tar
-VOC_ARCHIVE_NAME = "VOCtrainval_11-May-2012.tar"
 VOC_SUBDIR = PurePosixPath("VOCdevkit", "VOC2012")  # where the archive puts the dataset
 _PARTIAL_PREFIX = ".voc2012-partial-"
 _CHUNK = 1 << 20  # 1 MiB
@@ -48,24 +48,14 @@ def _by_hand(root: Path) -> str:
 
 def is_complete(voc_dir: Path) -> bool:
     """True when ``voc_dir`` is a finished VOC2012 folder (only a complete one is ever renamed into place)."""
-    return (voc_dir / "ImageSets" / "Segmentation" / "train.txt").is_file() and \
-        (voc_dir / "JPEGImages").is_dir() and (voc_dir / "SegmentationClass").is_dir()
+    return not layout_missing(voc_dir)
 
 
 def _missing_files(voc_dir: Path) -> list[Path]:
-    """Images and labels that a split file names but the folder lacks.
-
-    A tar cut short at a header boundary reads as a shorter, valid archive
-    (tarfile stops quietly), so completeness is checked against the split files.
-    """
-    present = {sub: set(os.listdir(voc_dir / sub)) for sub in ("JPEGImages", "SegmentationClass")}
-    missing = []
-    for split_file in sorted((voc_dir / "ImageSets" / "Segmentation").glob("*.txt")):
-        for image_id in filter(None, map(str.strip, split_file.read_text().splitlines())):
-            for sub, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
-                if image_id + suffix not in present[sub]:
-                    missing.append(voc_dir / sub / (image_id + suffix))
-    return missing
+    """Images and labels that any split file names but the folder lacks (see :func:`voc.missing_files`)."""
+    split_files = sorted((voc_dir / "ImageSets" / "Segmentation").glob("*.txt"))
+    ids = list(dict.fromkeys(i for split_file in split_files for i in split_ids(split_file)))
+    return missing_files(voc_dir, ids)
 
 
 def file_md5(path: Path, chunk: int = _CHUNK) -> str:

@@ -8,8 +8,11 @@ it treats a ``Mask`` as class ids, not colours:
 
 * resizing a Mask uses nearest neighbour, whatever the image uses, so class
   ids are never blended into ids that do not exist (3 and 5 never become 4);
-* padding fills the image with 0 and the mask with 255 ("ignore"), so padded
-  pixels are never trained on as background;
+* padding fills the mask with 255 ("ignore"), so padded pixels are never
+  trained on as background; the image is padded after normalisation, with 0,
+  i.e. ImageNet's mean colour: the same fill as the sliding windows of
+  :func:`segbook.inference.predict` and the padded validation batches of
+  :func:`segbook.data.pad_collate`, so the network meets one kind of padding;
 * ``ToDtype(..., scale=True)`` and ``Normalize`` touch the image only.
 
 The output is a plain float image (3, h, w), normalised with ImageNet's mean
@@ -25,6 +28,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ..sizes import as_pair
 from .voc import IGNORE_INDEX
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "RandomScale", "ToPlainTensors", "train_transforms", "eval_transforms",
@@ -78,19 +82,11 @@ class ToPlainTensors(v2.Transform):
         return inpt.as_subclass(torch.Tensor)
 
 
-def _crop_hw(crop_size: int | Sequence[int]) -> tuple[int, int]:
-    size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"crop_size={crop_size!r}: give an int or (height, width) of positive ints, e.g. (96, 128).")
-    return int(size[0]), int(size[1])
-
-
-def _to_normalized_float() -> list[v2.Transform]:
+def _normalize() -> list[v2.Transform]:
     """uint8 image -> float in [0, 1] -> ImageNet-normalised; the mask only becomes int64."""
     return [
         v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ToPlainTensors(),
     ]
 
 
@@ -101,23 +97,25 @@ def train_transforms(crop_size: int | Sequence[int], scale_range: tuple[float, f
     Call it as ``t(tv_tensors.Image(image), tv_tensors.Mask(label))``.
     ``crop_size`` is an int or (height, width). When the scaled image is smaller
     than the crop, ``v2.RandomCrop(pad_if_needed=True)`` pads each short side by
-    the shortfall (image with 0, mask with 255) and then crops, so the image
-    lands at a random place inside the crop and the padding is ignored by the
-    loss. ``scale_range=None`` turns the random scale off.
+    the shortfall (mask with 255, image with ImageNet's mean colour, which is 0
+    once normalised: the crop comes after the normalisation for that reason) and
+    then crops, so the image lands at a random place inside the crop and the
+    padding is ignored by the loss. ``scale_range=None`` turns the random scale off.
     """
     steps: list[v2.Transform] = []
     if scale_range is not None:
-        steps.append(RandomScale(scale_range))
-    steps.append(v2.RandomCrop(_crop_hw(crop_size), pad_if_needed=True,
-                               fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}))
+        steps.append(RandomScale(scale_range))  # on uint8: the fast resize path
+    steps += _normalize()
+    steps.append(v2.RandomCrop(as_pair(crop_size, "crop_size"), pad_if_needed=True,
+                               fill={tv_tensors.Image: 0.0, tv_tensors.Mask: IGNORE_INDEX}))
     if hflip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
-    return v2.Compose(steps + _to_normalized_float())
+    return v2.Compose(steps + [ToPlainTensors()])
 
 
 def eval_transforms() -> v2.Compose:
     """The whole image, untouched but for dtype and normalisation: evaluation sees what VOC's metric scores."""
-    return v2.Compose(_to_normalized_float())
+    return v2.Compose(_normalize() + [ToPlainTensors()])
 
 
 def denormalize(image: torch.Tensor) -> torch.Tensor:

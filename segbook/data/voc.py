@@ -54,6 +54,72 @@ _HOW_TO_GET_VOC = (
     "already have, or use the offline toy set: segbook.data.get_voc_dir('toy')."
 )
 _VOC_LAYOUT = "JPEGImages/<id>.jpg, SegmentationClass/<id>.png and ImageSets/Segmentation/<split>.txt"
+VOC_ARCHIVE_NAME = "VOCtrainval_11-May-2012.tar"
+_LAYOUT_PARTS = ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation/train.txt")
+
+
+def layout_missing(voc_dir: os.PathLike | str) -> list[str]:
+    """The parts of VOC2012's layout that ``voc_dir`` lacks (empty when it is a VOC2012 folder).
+
+    The one check behind the finder, the reader and the downloader: two folders
+    and the train split file, which real VOC2012 and the toy set both have.
+    """
+    voc_dir = Path(voc_dir)
+    return [part for part in _LAYOUT_PARTS if not (voc_dir / part).exists()]
+
+
+def locate_voc(folder: os.PathLike | str) -> Path | None:
+    """The VOC2012 folder at or inside ``folder`` (VOC2012 itself, or a folder holding VOCdevkit/VOC2012)."""
+    folder = Path(folder).expanduser()
+    for voc in (folder, folder / "VOC2012", folder / "VOCdevkit" / "VOC2012"):
+        if not layout_missing(voc):
+            return voc
+    return None
+
+
+def is_toy_voc(voc_dir: os.PathLike | str) -> bool:
+    """Whether ``voc_dir`` is a generated toy set (it carries the toy marker), not Pascal VOC2012."""
+    from .toy import TOY_MARKER  # toy.py imports this module: look the name up when it is needed
+
+    return (Path(voc_dir) / TOY_MARKER).is_file()
+
+
+def missing_files(voc_dir: os.PathLike | str, ids: list[str]) -> list[Path]:
+    """Images and labels that ``ids`` name but ``voc_dir`` lacks: one listing per folder, no per-file stat.
+
+    A tar cut short at a header boundary reads as a shorter, valid archive, so
+    the reader and the downloader both check completeness against the split files.
+    """
+    voc_dir = Path(voc_dir)
+    missing = []
+    for folder, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
+        present = set(os.listdir(voc_dir / folder))
+        missing += [voc_dir / folder / (i + suffix) for i in ids if i + suffix not in present]
+    return missing
+
+
+def split_ids(split_file: os.PathLike | str) -> list[str]:
+    """The image ids a VOC split file names, in its order."""
+    return [line.strip() for line in Path(split_file).read_text().splitlines() if line.strip()]
+
+
+def restore_hint(path: os.PathLike | str) -> str:
+    """What to do about one bad file of a dataset: restore that file, not the whole dataset.
+
+    A file of real VOC2012 comes back from the archive by its own path; a file
+    of the toy set comes back by generating the set again; anything else can
+    only be replaced by the reader's own good copy.
+    """
+    path = Path(path)
+    voc_dir = path.parent.parent
+    if is_toy_voc(voc_dir):
+        return (f"This is the generated toy set: delete {voc_dir.parent.parent} and it is generated again "
+                "on the next call.")
+    if voc_dir.name == "VOC2012" and path.parent.name in ("JPEGImages", "SegmentationClass"):
+        member = f"VOCdevkit/VOC2012/{path.parent.name}/{path.name}"
+        return (f"Restore this one file from VOC's archive: run `tar -xf {VOC_ARCHIVE_NAME} {member}` "
+                f"in {voc_dir.parent.parent}.")
+    return "Replace this one file with a good copy."
 
 
 def read_image(path: os.PathLike | str) -> torch.Tensor:
@@ -70,8 +136,8 @@ def read_image(path: os.PathLike | str) -> torch.Tensor:
         with Image.open(path) as img:
             rgb = np.asarray(img.convert("RGB"))  # (H, W, 3) uint8
     except OSError as err:  # PIL's UnidentifiedImageError and "image file is truncated" are OSErrors
-        raise ValueError(f"{path}: cannot decode this image ({err}). The file is corrupt or incomplete: "
-                         "delete the dataset folder and download or extract it again.") from err
+        raise ValueError(f"{path}: cannot decode this image ({err}); the file is corrupt or incomplete. "
+                         f"{restore_hint(path)}") from err
     return torch.from_numpy(rgb.transpose(2, 0, 1).copy())  # (3, H, W), one writable copy
 
 
@@ -93,8 +159,8 @@ def read_label(path: os.PathLike | str) -> torch.Tensor:
             mode = img.mode
             ids = np.array(img) if mode == "P" else None  # (H, W) uint8 palette indices, a writable copy
     except OSError as err:
-        raise ValueError(f"{path}: cannot decode this label PNG ({err}). The file is corrupt or incomplete: "
-                         "delete the dataset folder and download or extract it again.") from err
+        raise ValueError(f"{path}: cannot decode this label PNG ({err}); the file is corrupt or incomplete. "
+                         f"{restore_hint(path)}") from err
     if ids is None:
         raise ValueError(
             f"{path}: label PNG has mode {mode!r}, but VOC labels are palette ('P' mode) PNGs whose pixel values "
@@ -150,39 +216,24 @@ class VOCSegmentation(Dataset):
         self.voc_dir = Path(voc_dir).expanduser()
         self.split = split
         self.transforms = transforms
-        self._check_layout()
+        missing = layout_missing(self.voc_dir)
+        if missing:
+            inner = locate_voc(self.voc_dir)
+            hint = f" It looks like you passed the archive's root: use {inner} instead." if inner else ""
+            raise FileNotFoundError(
+                f"{self.voc_dir} is not a VOC2012 folder (missing {', '.join(missing)}). Expected the folder that "
+                f"holds {_VOC_LAYOUT}.{hint} {_HOW_TO_GET_VOC}")
         self.split_file = self.voc_dir / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not self.split_file.is_file():
             available = sorted(p.stem for p in self.split_file.parent.glob("*.txt"))
             raise ValueError(f"unknown split {split!r}: {self.split_file} does not exist. "
                              f"Splits in {self.split_file.parent}: {available}.")
-        self.ids: list[str] = [line.strip() for line in self.split_file.read_text().splitlines() if line.strip()]
-        self._check_files()
-
-    def _check_layout(self) -> None:
-        needed = ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation"))
-        missing = [name for name in needed if not (self.voc_dir / name).is_dir()]
-        if not missing:
-            return
-        hint = ""
-        for inner in (self.voc_dir / "VOC2012", self.voc_dir / "VOCdevkit" / "VOC2012"):
-            if (inner / "JPEGImages").is_dir():
-                hint = f" It looks like you passed the archive's root: use {inner} instead."
-        raise FileNotFoundError(
-            f"{self.voc_dir} is not a VOC2012 folder (missing {', '.join(missing)}). Expected the folder that "
-            f"holds {_VOC_LAYOUT}.{hint} {_HOW_TO_GET_VOC}")
-
-    def _check_files(self) -> None:
-        """Every image and label of the split exists: one listing per folder, no per-file stat."""
-        for folder, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
-            present = set(os.listdir(self.voc_dir / folder))
-            missing = [i for i in self.ids if i + suffix not in present]
-            if missing:
-                first = self.voc_dir / folder / (missing[0] + suffix)
-                raise FileNotFoundError(
-                    f"{first} is missing: the split file {self.split_file} names it"
-                    f"{f' (and {len(missing) - 1} more missing in {folder}/)' if len(missing) > 1 else ''}. "
-                    "The dataset is incomplete: extract the archive again, or remove those ids from the split file.")
+        self.ids: list[str] = split_ids(self.split_file)
+        absent = missing_files(self.voc_dir, self.ids)
+        if absent:
+            more = f" (and {len(absent) - 1} more missing files)" if len(absent) > 1 else ""
+            raise FileNotFoundError(f"{absent[0]} is missing: the split file {self.split_file} names it{more}. "
+                                    f"{restore_hint(absent[0])}")
 
     def image_path(self, index: int) -> Path:
         return self.voc_dir / "JPEGImages" / f"{self.ids[index]}.jpg"

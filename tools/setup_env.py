@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Make ``.venv`` in this checkout and install everything segbook needs into it.
+
+The README's two commands start with ``python3 tools/setup_env.py``. Why a
+virtual environment always: Debian, Ubuntu and Homebrew's Python refuse
+``pip install`` into the system interpreter (PEP 668, "externally-managed-
+environment"), and a project folder's own ``.venv`` works the same on every
+Linux and Mac. Why this script rather than ``python3 -m venv``: on Debian and
+Ubuntu ``venv`` cannot install pip until ``python3-venv`` is installed
+(ensurepip is split off); then the environment is made without pip and pip is
+bootstrapped from its wheel on PyPI (a wheel is a zip that Python can run).
+
+A second run is quick: the requirements are installed again only when
+``requirements.txt`` or ``pyproject.toml`` changed (a hash is kept in
+``.venv/segbook-requirements.sha256``). Standard library only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+STAMP = VENV / "segbook-requirements.sha256"
+PIP_JSON = "https://pypi.org/pypi/pip/json"
+MIN_PYTHON = (3, 10)
+
+
+def venv_python(env_dir: Path = VENV) -> Path:
+    return env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def requirements_hash(root: Path = ROOT) -> str:
+    digest = hashlib.sha256()
+    for name in ("requirements.txt", "pyproject.toml"):
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()
+
+
+def has_ensurepip() -> bool:
+    try:
+        import ensurepip  # noqa: F401  # Debian ships it in python3-venv, apart from the stdlib
+    except ImportError:
+        return False
+    return True
+
+
+def _bootstrap_pip(python: Path) -> None:
+    """Install pip into a pip-less environment from pip's own wheel on PyPI."""
+    with urllib.request.urlopen(PIP_JSON, timeout=60) as answer:
+        release = json.load(answer)
+    wheel = next(f for f in release["urls"] if f["filename"].endswith(".whl"))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / wheel["filename"]
+        urllib.request.urlretrieve(wheel["url"], path)
+        if hashlib.sha256(path.read_bytes()).hexdigest() != wheel["digests"]["sha256"]:
+            raise SystemExit(f"setup_env: the pip wheel from PyPI failed its checksum ({wheel['url']}); run again.")
+        subprocess.run([str(python), f"{path}/pip", "install", "--quiet", str(path)], check=True)
+
+
+def make_venv() -> Path:
+    python = venv_python()
+    if python.exists():
+        return python
+    print(f"setup_env: making {VENV.name}/ with {sys.executable} ({sys.version.split()[0]})", flush=True)
+    if has_ensurepip():
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    else:
+        print("setup_env: this Python has no ensurepip (Debian/Ubuntu without python3-venv); "
+              "bootstrapping pip from PyPI", flush=True)
+        venv.EnvBuilder(with_pip=False).create(VENV)
+        _bootstrap_pip(python)
+    return python
+
+
+def main() -> int:
+    if sys.version_info < MIN_PYTHON:
+        raise SystemExit(f"setup_env: segbook needs Python {'.'.join(map(str, MIN_PYTHON))} or newer; "
+                         f"this is {sys.version.split()[0]}. Run it with a newer python3.")
+    python = make_venv()
+    wanted = requirements_hash()
+    if STAMP.is_file() and STAMP.read_text().strip() == wanted:
+        print(f"setup_env: {VENV.name}/ is up to date", flush=True)
+        return 0
+    print(f"setup_env: installing requirements.txt into {VENV.name}/ "
+          "(torch is large: a few minutes the first time)", flush=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    "-r", str(ROOT / "requirements.txt")], check=True, cwd=ROOT)
+    STAMP.write_text(wanted + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,11 +1,12 @@
-"""How much reading VOC labels as palette indices saves over the seed's RGB decoding.
+"""How much reading VOC labels as palette indices saves over d2l's RGB decoding.
 
-The seed (d2l, section 14.9) reads each label PNG as RGB and maps every pixel's
-colour to a class through a 256**3-entry int64 table; segbook reads the palette
-indices that the PNG stores. This script times both on the same PNGs in one
-run, interleaving the repetitions (which method goes first rotates) and
-reporting medians, then prints the speed ratio, the memory each needs, and how
-many 255 "ignore" pixels the RGB method turned into background.
+d2l (section 14.9), like a widely copied tutorial implementation, reads each
+label PNG as RGB and maps every pixel's colour to a class through a
+256**3-entry int64 table; segbook reads the palette indices that the PNG
+stores. This script times both on the same PNGs in one run, interleaving the
+repetitions (which method goes first rotates) and reporting medians, then
+prints the speed ratio, the memory each needs, and how many 255 "ignore"
+pixels the RGB method turned into background.
 
 Usage::
 
@@ -45,7 +46,7 @@ def voc_sized_toy_dir(folder: str) -> Path:
     return make_toy_voc(folder, num_train=40, num_val=10, side_range=(375, 500))
 
 
-def seed_decode(path: Path, table: torch.Tensor) -> torch.Tensor:
+def d2l_rgb_decode(path: Path, table: torch.Tensor) -> torch.Tensor:
     """d2l's path: decode the PNG to RGB, then look every colour up in the table."""
     rgb = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)  # (3, H, W) uint8
     return decode_label_rgb(rgb, table)  # (H, W) int64
@@ -108,14 +109,14 @@ def measure(voc_dir: Path, args: argparse.Namespace) -> None:
     # correctness first: identical away from the border, and what happens on it
     border_pixels = lost = 0
     for path in paths:
-        ours, theirs = read_label(path), seed_decode(path, table)
+        ours, theirs = read_label(path), d2l_rgb_decode(path, table)
         border = ours == IGNORE_INDEX
         assert torch.equal(ours[~border], theirs[~border]), f"{path}: the two methods disagree off the border"
         border_pixels += int(border.sum())
         lost += int((theirs[border] == 0).sum())
 
     methods = {"read_label (palette indices)": read_label,
-               "RGB decode + 256^3 table (seed)": lambda p: seed_decode(p, table),
+               "RGB decode + 256^3 table (d2l)": lambda p: d2l_rgb_decode(p, table),
                "PNG decode alone (the floor)": decode_only}
     times = {name: [] for name in methods}
     for rep in range(args.reps):  # interleaved: each rep runs all, and who goes first rotates
@@ -123,7 +124,7 @@ def measure(voc_dir: Path, args: argparse.Namespace) -> None:
         for name in order:
             times[name].append(time_pass(methods[name], paths))
     ms = {name: 1000 * statistics.median(t) / len(paths) for name, t in times.items()}
-    ours_ms, seed_ms, floor_ms = ms.values()
+    ours_ms, d2l_ms, floor_ms = ms.values()
 
     # what each allocates per label, for the largest one (tracemalloc cannot see torch's allocator, so nbytes)
     largest = max(paths, key=lambda p: read_label(p).numel())
@@ -133,7 +134,7 @@ def measure(voc_dir: Path, args: argparse.Namespace) -> None:
     rgb = decode_image(read_file(str(largest)), mode=ImageReadMode.RGB)  # (3, H, W) uint8
     wide = rgb.permute(1, 2, 0).to(torch.int64)  # (H, W, 3)
     packed = (wide[..., 0] * 256 + wide[..., 1]) * 256 + wide[..., 2]  # (H, W)
-    seed_bytes = rgb.nbytes + wide.nbytes + packed.nbytes + table[packed].nbytes
+    d2l_bytes = rgb.nbytes + wide.nbytes + packed.nbytes + table[packed].nbytes
 
     mib = 2 ** 20
     height, width = ids.shape
@@ -141,13 +142,13 @@ def measure(voc_dir: Path, args: argparse.Namespace) -> None:
           f"average), {args.reps} interleaved passes per method, medians, torch threads: {torch.get_num_threads()}")
     for name, value in ms.items():
         print(f"  {name:34s} {value:8.3f} ms/label")
-    print(f"  speed-up of read_label: {seed_ms / ours_ms:.1f}x; {100 * floor_ms / ours_ms:.0f}% of read_label's "
-          f"time is decoding the PNG, which the seed does too, so no reader can beat the seed by more than "
-          f"{seed_ms / floor_ms:.1f}x here")
-    print(f"memory: the seed's table holds {table.nbytes / mib:.1f} MiB (int64, 256^3 entries), built once in "
+    print(f"  speed-up of read_label: {d2l_ms / ours_ms:.1f}x; {100 * floor_ms / ours_ms:.0f}% of read_label's "
+          f"time is decoding the PNG, which d2l's decoder does too, so no reader can beat it by more than "
+          f"{d2l_ms / floor_ms:.1f}x here")
+    print(f"memory: d2l's table holds {table.nbytes / mib:.1f} MiB (int64, 256^3 entries), built once in "
           f"{build_s * 1000:.0f} ms, resident memory grew {rss_growth:.1f} MiB; read_label needs no table")
     print(f"  per label (the largest, {width}x{height}): read_label allocates {ours_bytes / mib:.2f} MiB "
-          f"(uint8 ids, bool check, int64 result), the seed {seed_bytes / mib:.2f} MiB "
+          f"(uint8 ids, bool check, int64 result), d2l's decoder {d2l_bytes / mib:.2f} MiB "
           f"(uint8 RGB, int64 HxWx3, int64 packed colours, int64 result)")
     print(f"border: {border_pixels} pixels are 255 (ignore); the RGB method made {lost} of them background "
           f"({100 * lost / max(border_pixels, 1):.0f}%); all other pixels agree")

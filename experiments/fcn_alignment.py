@@ -4,7 +4,8 @@ Chapter 3 trains the aligned models once; this script trains both geometries
 (``FCN(aligned=True)``: cell ``i`` on pixel ``32 i``; ``aligned=False``: d2l's
 even kernel, cell ``i`` at ``32 i + 15.5``) with the chapter's quick settings
 for three seeds, and writes the final validation scores to
-``experiments/results/fcn_alignment.json``, which the chapter loads. About
+``segbook/results/fcn_alignment.json`` (package data), which the chapter loads
+with ``segbook.results.load_results``. About
 10-15 minutes on 2 CPU cores.
 
     python experiments/fcn_alignment.py [--seeds 0 1 2] [--epochs 5]
@@ -24,7 +25,7 @@ from segbook.data import NUM_CLASSES, load_voc
 from segbook.models import build_model
 from segbook.train import fit
 
-RESULTS = Path(__file__).resolve().parent / "results" / "fcn_alignment.json"
+RESULTS = Path(__file__).resolve().parent.parent / "segbook" / "results" / "fcn_alignment.json"  # shipped
 QUICK = dict(crop_size=(96, 128), batch_size=8, epochs=5, lr=0.01)  # chapter 3's quick profile
 
 

@@ -1,10 +1,13 @@
-"""Pictures of segmentations: label maps in VOC's colours, overlays, sample grids and training curves.
+"""Pictures of segmentations: label maps in colour, overlays, sample grids and training curves.
 
 Everything here returns a matplotlib ``Figure`` and never calls ``plt.show()``:
 the notebook decides when to show, and the stored PNG depends only on the data
-(no timestamps, no random colours). Label maps are drawn with VOC's own palette,
-so a picture here looks like the PNGs in ``SegmentationClass/``, the 255
-border band included.
+(no timestamps, no random colours). Label maps are drawn with VOC's own palette
+by default, so a picture here looks like the PNGs in ``SegmentationClass/``, the
+255 border band included. Any other dataset passes its ``class_names`` and, if it
+has one, its ``palette`` (one RGB tuple per class); without a palette,
+:func:`make_palette` extends VOC's colour map to any number of classes. 255 is
+always drawn in the ignore colour.
 """
 from __future__ import annotations
 
@@ -18,18 +21,16 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from .data.voc import IGNORE_INDEX, NUM_CLASSES, VOC_BORDER_COLOR, VOC_CLASSES, VOC_COLORMAP
+from .data.voc import IGNORE_INDEX, NUM_CLASSES, VOC_BORDER_COLOR, VOC_CLASSES, voc_palette
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .metrics import not_ids_error
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "class_legend", "colorize", "overlay", "plot_history",
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "class_legend", "colorize", "make_palette", "overlay", "plot_history",
            "show_image_grid", "show_samples", "to_rgb", "LivePlot"]
 
 # The statistics torchvision's ImageNet weights were trained with; float images are assumed normalised by them.
 
-_LUT = np.zeros((256, 3), dtype=np.uint8)  # class id -> RGB; ids 21..254 never reach it
-_LUT[:NUM_CLASSES] = VOC_COLORMAP
-_LUT[IGNORE_INDEX] = VOC_BORDER_COLOR
+_VOC_COLOURS = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)  # VOCdevkit's colour map, ids 0..255
 
 _LOSS_KEYS = ("train_loss", "val_loss")
 _SCORE_KEYS = ("val_pixel_acc", "val_miou")
@@ -44,26 +45,78 @@ def _numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def _class_ids(label, what: str = "label") -> np.ndarray:
-    """``label`` as an int64 array of VOC ids; anything but 0..20 and 255 raises, naming the values."""
+def make_palette(num_classes: int) -> list[tuple[int, int, int]]:
+    """``num_classes`` distinct RGB colours for a dataset that brings none: VOCdevkit's colour map, extended.
+
+    VOC's map spreads the bits of the class id over the high bits of R, G and B,
+    so neighbouring ids get clearly different colours, the first 21 are VOC's own
+    (a VOC picture looks as before) and no id below 255 gets the ignore colour.
+    Deterministic: the same id always has the same colour. At most 255 classes,
+    since 255 is the ignore index.
+    """
+    if not 1 <= num_classes <= IGNORE_INDEX:
+        raise ValueError(f"num_classes must be 1..{IGNORE_INDEX} (id {IGNORE_INDEX} is the ignore index), "
+                         f"got {num_classes}.")
+    return [tuple(int(v) for v in colour) for colour in _VOC_COLOURS[:num_classes]]
+
+
+def _class_table(class_names: Sequence[str] | None, palette) -> tuple[list[str], np.ndarray]:
+    """(names, lookup table) for K classes: ids 0..K-1 in the palette's colours, 255 in the ignore colour.
+
+    K is the palette's length, else the number of names, else VOC's 21. Without a
+    palette the colours come from :func:`make_palette`; without names, a palette's
+    classes are named by their ids and VOC's by VOC's names.
+    """
+    if palette is None:
+        colours = np.asarray(make_palette(NUM_CLASSES if class_names is None else len(class_names)), dtype=np.uint8)
+    else:
+        colours = np.asarray(palette)
+        if colours.ndim != 2 or colours.shape[1] != 3 or not np.issubdtype(colours.dtype, np.integer) \
+                or colours.min(initial=0) < 0 or colours.max(initial=0) > 255:
+            raise ValueError(f"palette must be a list of (r, g, b) tuples of integers 0..255, one per class; "
+                             f"got an array of shape {colours.shape} and dtype {colours.dtype}.")
+    k = len(colours)
+    if not 1 <= k <= IGNORE_INDEX:
+        raise ValueError(f"a palette needs 1..{IGNORE_INDEX} colours (id {IGNORE_INDEX} is the ignore index), got {k}.")
+    if class_names is None:
+        names = list(VOC_CLASSES) if palette is None else [str(i) for i in range(k)]
+    elif len(class_names) != k:
+        raise ValueError(f"{len(class_names)} class_names for a palette of {k} colours; give one name and one "
+                         "colour per class id, or palette=None for generated colours.")
+    else:
+        names = list(class_names)
+    table = np.zeros((256, 3), dtype=np.uint8)  # class id -> RGB; ids K..254 never reach it (_class_ids refuses them)
+    table[:k] = colours
+    table[IGNORE_INDEX] = VOC_BORDER_COLOR
+    return names, table
+
+
+def _class_ids(label, what: str = "label", num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """``label`` as an int64 array of class ids; anything but 0..K-1 and 255 raises, naming the values."""
     ids = _numpy(label)
     if not np.issubdtype(ids.dtype, np.integer):
         raise not_ids_error(what, ids.dtype, ids.shape)
     ids = ids.astype(np.int64, copy=False)
-    bad = np.unique(ids[((ids < 0) | (ids >= NUM_CLASSES)) & (ids != IGNORE_INDEX)])
+    bad = np.unique(ids[((ids < 0) | (ids >= num_classes)) & (ids != IGNORE_INDEX)])
     if bad.size:
-        raise ValueError(f"{what} holds ids {bad[:10].tolist()} that are not VOC classes (0..{NUM_CLASSES - 1}) "
-                         f"or the ignore index {IGNORE_INDEX}; read labels as palette indices, not RGB colours.")
+        classes = "VOC classes" if num_classes == NUM_CLASSES else f"ids of the {num_classes} classes"
+        raise ValueError(f"{what} holds ids {bad[:10].tolist()} that are not {classes} (0..{num_classes - 1}) "
+                         f"or the ignore index {IGNORE_INDEX}; read labels as palette indices, not RGB colours, "
+                         "and pass class_names/palette with one entry per class.")
     return ids
 
 
-def colorize(label) -> np.ndarray:
-    """VOC colours for a map of class ids: ``(H, W)`` ids -> ``(H, W, 3)`` uint8 (255 in the border colour).
+def colorize(label, palette=None, *, class_names: Sequence[str] | None = None) -> np.ndarray:
+    """Colours for a map of class ids: ``(H, W)`` ids -> ``(H, W, 3)`` uint8, 255 in the ignore colour.
 
-    Accepts a tensor on any device or an array, of any integer dtype; any
-    leading dimensions are kept (``(B, H, W)`` -> ``(B, H, W, 3)``).
+    ``palette`` is one (r, g, b) per class; without it the colours are VOC's, for
+    ``len(class_names)`` classes when names are given, else VOC's 21 (see
+    :func:`make_palette`). Ids outside the classes raise. Accepts a tensor on any
+    device or an array, of any integer dtype; any leading dimensions are kept
+    (``(B, H, W)`` -> ``(B, H, W, 3)``).
     """
-    return _LUT[_class_ids(label)]
+    names, table = _class_table(class_names, palette)
+    return table[_class_ids(label, num_classes=len(names))]
 
 
 def to_rgb(image, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
@@ -94,18 +147,20 @@ def to_rgb(image, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float]
     return (np.clip(x, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
-def overlay(image, label, alpha: float = 0.5, *, mean: Sequence[float] = IMAGENET_MEAN,
-            std: Sequence[float] = IMAGENET_STD, denormalize: Callable | None = None) -> np.ndarray:
-    """Blend the label's VOC colours over the image: ``(1 - alpha) * image + alpha * colours``, ``(H, W, 3)`` uint8.
+def overlay(image, label, alpha: float = 0.5, *, palette=None, class_names: Sequence[str] | None = None,
+            mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+            denormalize: Callable | None = None) -> np.ndarray:
+    """Blend the label's colours over the image: ``(1 - alpha) * image + alpha * colours``, ``(H, W, 3)`` uint8.
 
     Seeing the mask on top of the photo is how one spots labels that are
     shifted, too coarse, or flipped differently from the image by an
-    augmentation. ``image`` is anything :func:`to_rgb` takes.
+    augmentation. ``image`` is anything :func:`to_rgb` takes; ``palette`` and
+    ``class_names`` choose the colours as in :func:`colorize`.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
     rgb = to_rgb(image, mean=mean, std=std, denormalize=denormalize)  # (H, W, 3)
-    colours = colorize(label)  # (H, W, 3)
+    colours = colorize(label, palette, class_names=class_names)  # (H, W, 3)
     if rgb.shape != colours.shape:
         raise ValueError(f"image {rgb.shape[:2]} and label {colours.shape[:2]} differ in size (H, W); "
                          "transform them together (segbook.data.transforms) so they stay aligned.")
@@ -114,16 +169,17 @@ def overlay(image, label, alpha: float = 0.5, *, mean: Sequence[float] = IMAGENE
 
 
 def _names_in(ids: np.ndarray, class_names: Sequence[str], most: int = 3) -> str:
-    """The classes present in a label map (background and ignore left out), for a panel title."""
-    present = [int(i) for i in np.unique(ids) if 0 < i < len(class_names)]
+    """The classes present in a label map, for a panel title; ignore, and a class 0 named "background", left out."""
+    first = 1 if class_names[0] == "background" else 0
+    present = [int(i) for i in np.unique(ids) if first <= i < len(class_names)]
     names = [class_names[i] for i in present[:most]]
     if len(present) > most:
         names.append(f"+{len(present) - most}")
-    return ", ".join(names) if names else class_names[0]
+    return ", ".join(names) if names else (class_names[0] if first else "ignore")
 
 
 def show_samples(images, labels, preds=None, *, max_rows: int = 4, titles: bool = True,
-                 class_names: Sequence[str] = VOC_CLASSES, alpha: float = 0.5,
+                 class_names: Sequence[str] = VOC_CLASSES, palette=None, alpha: float = 0.5,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  denormalize: Callable | None = None) -> Figure:
     """One row per sample: image, ground truth, ground truth over the image, and the prediction when given.
@@ -132,13 +188,16 @@ def show_samples(images, labels, preds=None, *, max_rows: int = 4, titles: bool 
     ``labels`` and ``preds`` are class ids ``(B, H, W)`` (pass ``logits.argmax(1)``).
     With ``titles`` the columns are named and each label panel lists the
     classes in it, so a reader can tell "cat" from "dog" without a legend.
+    ``class_names`` (one per class, VOC's by default) and ``palette`` (one (r, g, b)
+    per class; generated by :func:`make_palette` when ``None``) serve any dataset.
     """
+    class_names, _ = _class_table(class_names, palette)  # checks that names and colours agree
     images, labels = list(images), list(labels)  # a batch or a sequence: one item per sample
     if len(images) != len(labels):
         raise ValueError(f"got {len(images)} images but {len(labels)} labels.")
     if preds is not None:
         if isinstance(preds, (torch.Tensor, np.ndarray)):
-            preds = _class_ids(preds, "preds")  # a whole batch: catches logits with a hint
+            preds = _class_ids(preds, "preds", len(class_names))  # a whole batch: catches logits with a hint
         preds = list(preds)
         if len(preds) != len(images):
             raise ValueError(f"got {len(images)} images but {len(preds)} predictions.")
@@ -149,12 +208,13 @@ def show_samples(images, labels, preds=None, *, max_rows: int = 4, titles: bool 
     fig, axes = plt.subplots(rows, len(columns), figsize=(2.6 * len(columns), 2.6 * rows), squeeze=False)
     for r in range(rows):
         panels = {"image": to_rgb(images[r], mean=mean, std=std, denormalize=denormalize),
-                  "ground truth": colorize(labels[r]),
-                  "overlay": overlay(images[r], labels[r], alpha, mean=mean, std=std, denormalize=denormalize)}
-        captions = {"ground truth": _names_in(_class_ids(labels[r]), class_names)}
+                  "ground truth": colorize(labels[r], palette, class_names=class_names),
+                  "overlay": overlay(images[r], labels[r], alpha, palette=palette, class_names=class_names,
+                                     mean=mean, std=std, denormalize=denormalize)}
+        captions = {"ground truth": _names_in(_class_ids(labels[r], num_classes=len(class_names)), class_names)}
         if preds is not None:
-            panels["prediction"] = colorize(preds[r])
-            captions["prediction"] = _names_in(_class_ids(preds[r], "preds"), class_names)
+            panels["prediction"] = colorize(preds[r], palette, class_names=class_names)
+            captions["prediction"] = _names_in(_class_ids(preds[r], "preds", len(class_names)), class_names)
         for ax, column in zip(axes[r], columns):
             ax.imshow(panels[column], interpolation="nearest")
             ax.set_axis_off()
@@ -166,13 +226,18 @@ def show_samples(images, labels, preds=None, *, max_rows: int = 4, titles: bool 
 
 
 def class_legend(class_ids=None, ax: Axes | None = None, *, class_names: Sequence[str] = VOC_CLASSES,
-                 ncol: int = 4) -> Figure:
-    """A legend of VOC colours: the given ids (e.g. ``label.unique()``), else all 21 classes and the ignore band."""
+                 palette=None, ncol: int = 4) -> Figure:
+    """A legend of class colours: the given ids (e.g. ``label.unique()``), else every class and the ignore band.
+
+    ``class_names`` and ``palette`` as in :func:`show_samples` (VOC's 21 by default).
+    """
+    class_names, table = _class_table(class_names, palette)
     if class_ids is None:
-        ids = list(range(NUM_CLASSES)) + [IGNORE_INDEX]
+        ids = list(range(len(class_names))) + [IGNORE_INDEX]
     else:
-        ids = list(dict.fromkeys(_class_ids(np.atleast_1d(_numpy(class_ids)), "class_ids").tolist()))
-    handles = [Patch(facecolor=_LUT[i] / 255.0, edgecolor="0.4",
+        ids = list(dict.fromkeys(_class_ids(np.atleast_1d(_numpy(class_ids)), "class_ids",
+                                            len(class_names)).tolist()))
+    handles = [Patch(facecolor=table[i] / 255.0, edgecolor="0.4",
                      label=f"ignore ({IGNORE_INDEX})" if i == IGNORE_INDEX else f"{i} {class_names[i]}")
                for i in ids]
     if ax is None:
@@ -240,9 +305,10 @@ def plot_history(history: Sequence[Mapping], *, keys: Sequence[str] | None = Non
 
 
 def show_image_grid(images, titles: Sequence[str] | None = None, ncols: int = 4, *,
+                    palette=None, class_names: Sequence[str] | None = None,
                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                     denormalize: Callable | None = None) -> Figure:
-    """A grid of pictures; 2-D integer arrays are drawn as label maps in VOC colours, the rest as images."""
+    """A grid of pictures; 2-D integer arrays are drawn as label maps (colours as in :func:`colorize`)."""
     items = list(images)
     if not items:
         raise ValueError("show_image_grid needs at least one image.")
@@ -257,7 +323,8 @@ def show_image_grid(images, titles: Sequence[str] | None = None, ncols: int = 4,
             continue
         x = _numpy(items[i])
         is_label = x.ndim == 2 and np.issubdtype(x.dtype, np.integer)
-        picture = colorize(x) if is_label else to_rgb(items[i], mean=mean, std=std, denormalize=denormalize)
+        picture = (colorize(x, palette, class_names=class_names) if is_label
+                   else to_rgb(items[i], mean=mean, std=std, denormalize=denormalize))
         ax.imshow(picture, interpolation="nearest")
         if titles is not None:
             ax.set_title(titles[i], fontsize=9)

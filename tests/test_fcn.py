@@ -51,7 +51,7 @@ def textbook8() -> FCN:
 
 def _logits_for_scores(model: FCN, scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The model's logits when its classifier outputs ``scores`` (a forward hook replaces them)."""
-    handle = model.classifier.register_forward_hook(lambda module, inputs, output: scores)
+    handle = model.head.classifier.register_forward_hook(lambda module, inputs, output: scores)
     try:
         with torch.no_grad():
             return model(torch.randn(1, 3, *size))["out"]
@@ -79,8 +79,8 @@ def test_chapter_shapes_320x480(textbook32: FCN) -> None:
     images = torch.randn(1, 3, 320, 480)
     with torch.no_grad():
         features = textbook32.backbone(images)["layer4"]
-        scores = textbook32.classifier(features)
-        upsampled = textbook32.upsample(scores)
+        scores = textbook32.head.classifier(features)
+        upsampled = textbook32.head.upsample(scores)
         out = textbook32(images)["out"]
     assert features.shape == (1, 512, 10, 15) and scores.shape == (1, NUM_CLASSES, 10, 15)
     assert upsampled.shape == out.shape == (1, NUM_CLASSES, 320, 480)
@@ -128,19 +128,19 @@ def test_backbone_centres_cell_i_on_pixel_32i() -> None:
 
 def test_upsamplers_start_as_bilinear_kernels(fcn32: FCN, fcn8: FCN, textbook32: FCN, textbook8: FCN) -> None:
     for model, factor in ((fcn32, 32), (fcn8, 8)):
-        up = model.upsample
+        up = model.head.upsample
         assert isinstance(up, AlignedUpsampler)
         k = 2 * factor - 1
         assert (up.kernel_size, up.stride, up.padding) == ((k, k), (factor, factor), (factor - 1, factor - 1))
         torch.testing.assert_close(up.weight.detach(), bilinear_kernel(NUM_CLASSES, NUM_CLASSES, k))
-    for stage, up2 in fcn8.skip_upsamplers.items():
+    for stage, up2 in fcn8.head.skip_upsamplers.items():
         assert (up2.kernel_size, up2.stride, up2.padding) == ((3, 3), (2, 2), (1, 1)), stage
-    up = textbook32.upsample
+    up = textbook32.head.upsample
     assert (up.kernel_size, up.stride, up.padding) == ((64, 64), (32, 32), (16, 16))
     torch.testing.assert_close(up.weight.detach(), bilinear_kernel(NUM_CLASSES, NUM_CLASSES, 64))
-    up8 = textbook8.upsample
+    up8 = textbook8.head.upsample
     assert (up8.kernel_size, up8.stride, up8.padding) == ((16, 16), (8, 8), (4, 4))
-    for stage, up2 in textbook8.skip_upsamplers.items():
+    for stage, up2 in textbook8.head.skip_upsamplers.items():
         assert (up2.kernel_size, up2.stride, up2.padding) == ((4, 4), (2, 2), (1, 1)), stage
         torch.testing.assert_close(up2.weight.detach(), bilinear_kernel(NUM_CLASSES, NUM_CLASSES, 4))
 
@@ -200,7 +200,7 @@ def test_aligned_fcn8s_at_init_repeats_fcn32s_exactly(fcn32: FCN, fcn8: FCN) -> 
     # The three aligned grids are nested (32i within 16j within 8k), and linear interpolation of a
     # piecewise-linear map at its own grid points reproduces it: so with zero skips FCN-8s equals
     # FCN-32s for ANY scores, up to the last cell centre.
-    assert all(not conv.weight.any() and not conv.bias.any() for conv in fcn8.skip_scores.values())
+    assert all(not conv.weight.any() and not conv.bias.any() for conv in fcn8.head.skip_scores.values())
     height, width = 200, 161
     rows, cols = math.ceil(height / 32), math.ceil(width / 32)            # 7, 6
     torch.manual_seed(4)
@@ -253,8 +253,8 @@ def test_eval_mode_is_deterministic(fcn8: FCN) -> None:
 
 def test_other_backbones_change_the_classifier_width() -> None:
     model = FCN(3, backbone="resnet50", skips=True)
-    assert model.classifier.in_channels == 2048
-    assert {stage: conv.in_channels for stage, conv in model.skip_scores.items()} == {"layer3": 1024,
+    assert model.head.classifier.in_channels == 2048
+    assert {stage: conv.in_channels for stage, conv in model.head.skip_scores.items()} == {"layer3": 1024,
                                                                                       "layer2": 512}
     assert model.backbone.output_stride == 32
 
@@ -264,7 +264,7 @@ def test_other_backbones_change_the_classifier_width() -> None:
 def test_build_model_by_name() -> None:
     assert {"fcn", "fcn8s"} <= set(MODELS)
     fcn = build_model("fcn", num_classes=4)
-    assert isinstance(fcn, FCN) and not fcn.skips and fcn.classifier.out_channels == 4
+    assert isinstance(fcn, FCN) and not fcn.skips and fcn.head.classifier.out_channels == 4
     fcn8s = build_model("fcn8s", num_classes=4, backbone="resnet34")
     assert isinstance(fcn8s, FCN) and fcn8s.skips and len(fcn8s.backbone.layer3) == 6
     assert isinstance(fcn.backbone, ResNetBackbone)

@@ -12,8 +12,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from segbook.data.voc import IGNORE_INDEX, VOC_CLASSES, voc_palette  # noqa: E402
-from segbook.viz import (IMAGENET_MEAN, IMAGENET_STD, class_legend, colorize, overlay, plot_history,  # noqa: E402
-                         show_image_grid, show_samples, to_rgb)
+from segbook.viz import (IMAGENET_MEAN, IMAGENET_STD, class_legend, colorize, make_palette, overlay,  # noqa: E402
+                         plot_history, show_image_grid, show_samples, to_rgb)
 
 # The colours of VOCdevkit's labelcolormap, written out (not derived from segbook's palette code).
 VOC_DEVKIT_COLOURS = [
@@ -167,3 +167,102 @@ def test_show_image_grid_mixes_images_and_labels():
     assert np.array_equal(fig.axes[1].get_images()[0].get_array(), colorize(labels[0]))
     with pytest.raises(ValueError, match="2 titles for 3 images"):
         show_image_grid([images[0], labels[0], images[1]], titles=["a", "b"])
+
+
+# --- any number of classes --------------------------------------------------------------------------
+
+CAMVID_NAMES = ["sky", "road", "car", "tree"]
+CAMVID_PALETTE = [(128, 128, 128), (128, 64, 128), (64, 0, 128), (128, 128, 0)]
+IGNORE_COLOUR = (224, 224, 192)
+
+
+def test_make_palette_extends_voc_s_colours():
+    assert make_palette(21) == VOC_DEVKIT_COLOURS
+    many = make_palette(255)
+    assert many[:21] == VOC_DEVKIT_COLOURS and make_palette(40) == many[:40]
+    assert len(set(many)) == 255 and IGNORE_COLOUR not in many            # distinct, never the ignore colour
+    assert all(isinstance(v, int) and 0 <= v <= 255 for colour in many for v in colour)
+    for bad in (0, 256):
+        with pytest.raises(ValueError, match=r"num_classes must be 1\.\.255"):
+            make_palette(bad)
+
+
+def test_colorize_with_a_palette_of_any_length():
+    ids = np.array([[0, 1, 2], [3, IGNORE_INDEX, 1]])
+    rgb = colorize(ids, CAMVID_PALETTE)
+    assert [tuple(c) for c in rgb.reshape(-1, 3).tolist()] == [CAMVID_PALETTE[i] for i in (0, 1, 2, 3)] + \
+        [IGNORE_COLOUR, CAMVID_PALETTE[1]]
+    assert np.array_equal(colorize(torch.from_numpy(ids), class_names=CAMVID_NAMES, palette=CAMVID_PALETTE), rgb)
+    with pytest.raises(ValueError, match=r"ids \[4, 21\] that are not ids of the 4 classes \(0\.\.3\)"):
+        colorize(np.array([[4, 21]]), CAMVID_PALETTE)
+
+
+def test_names_without_a_palette_get_generated_colours():
+    names = [f"c{i}" for i in range(30)]
+    ids = np.arange(30).reshape(5, 6)
+    assert [tuple(c) for c in colorize(ids, class_names=names).reshape(-1, 3).tolist()] == make_palette(30)
+    voc_ids = np.array([list(range(21)) + [IGNORE_INDEX]])
+    assert np.array_equal(colorize(voc_ids, class_names=VOC_CLASSES), colorize(voc_ids))  # VOC as before
+    assert np.array_equal(colorize(voc_ids, make_palette(21)), colorize(voc_ids))
+    with pytest.raises(ValueError, match=r"ids \[21\] that are not VOC classes"):
+        colorize(np.array([[21]]))                                         # the default is still VOC's 21
+
+
+def test_palette_and_names_must_agree():
+    with pytest.raises(ValueError, match=r"3 class_names for a palette of 4 colours"):
+        colorize(np.zeros((2, 2), dtype=np.int64), CAMVID_PALETTE, class_names=CAMVID_NAMES[:3])
+    with pytest.raises(ValueError, match=r"palette must be a list of \(r, g, b\) tuples of integers 0\.\.255"):
+        colorize(np.zeros((2, 2), dtype=np.int64), [(0, 0, 300)])
+    with pytest.raises(ValueError, match=r"palette must be a list of \(r, g, b\)"):
+        colorize(np.zeros((2, 2), dtype=np.int64), [(0, 0)])
+    with pytest.raises(ValueError, match=r"3 class_names for a palette of 4 colours"):
+        show_samples(*_batch(b=1), class_names=CAMVID_NAMES[:3], palette=CAMVID_PALETTE)
+
+
+def test_overlay_uses_the_palette():
+    image = torch.full((3, 2, 2), 100, dtype=torch.uint8)
+    label = torch.tensor([[1, 3], [0, IGNORE_INDEX]])
+    out = overlay(image, label, palette=CAMVID_PALETTE)
+    assert tuple(out[0, 0]) == (114, 82, 114)                             # ((100, 100, 100) + (128, 64, 128)) / 2
+    assert tuple(out[1, 1]) == (162, 162, 146)                            # the ignore colour, as for VOC
+
+
+def _camvid_batch():
+    images = torch.randint(0, 256, (2, 3, 6, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.zeros(2, 6, 8, dtype=torch.long)                        # sky everywhere
+    labels[0, 3:, :] = 1
+    labels[1, :, :2] = IGNORE_INDEX
+    return images, labels
+
+
+def test_show_samples_with_another_dataset_s_classes():
+    images, labels = _camvid_batch()
+    preds = labels.clone()
+    preds[1, 0, 4] = 2
+    fig = show_samples(images, labels, preds, class_names=CAMVID_NAMES, palette=CAMVID_PALETTE)
+    assert fig.axes[1].get_title() == "ground truth\nsky, road"           # class 0 is a class here, not background
+    assert fig.axes[7].get_title() == "sky, car"
+    assert np.array_equal(fig.axes[1].get_images()[0].get_array(), colorize(labels[0], CAMVID_PALETTE))
+    assert np.array_equal(fig.axes[7].get_images()[0].get_array(), colorize(preds[1], CAMVID_PALETTE))
+    only_ignore = torch.full((1, 6, 8), IGNORE_INDEX)
+    assert show_samples(images[:1], only_ignore, class_names=CAMVID_NAMES).axes[1].get_title() == \
+        "ground truth\nignore"
+    with pytest.raises(ValueError, match=r"preds holds ids \[4\] that are not ids of the 4 classes"):
+        show_samples(images, labels, torch.full((2, 6, 8), 4), class_names=CAMVID_NAMES)
+
+
+def test_class_legend_for_another_dataset():
+    legend = class_legend(class_names=CAMVID_NAMES, palette=CAMVID_PALETTE).axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["0 sky", "1 road", "2 car", "3 tree", "ignore (255)"]
+    colours = [tuple(round(v * 255) for v in patch.get_facecolor()[:3]) for patch in legend.get_patches()]
+    assert colours == CAMVID_PALETTE + [IGNORE_COLOUR]
+    texts = [t.get_text() for t in class_legend([3, 0], class_names=CAMVID_NAMES).axes[0].get_legend().get_texts()]
+    assert texts == ["3 tree", "0 sky"]
+    with pytest.raises(ValueError, match=r"ids \[7\]"):
+        class_legend([7], class_names=CAMVID_NAMES)
+
+
+def test_show_image_grid_draws_labels_in_the_palette():
+    images, labels = _camvid_batch()
+    fig = show_image_grid([images[0], labels[0]], palette=CAMVID_PALETTE)
+    assert np.array_equal(fig.axes[1].get_images()[0].get_array(), colorize(labels[0], CAMVID_PALETTE))

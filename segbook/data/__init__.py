@@ -23,6 +23,7 @@ from .toy import TOY_CLASSES, TOY_MARKER, TOY_SIZE, TOY_VERSION, make_toy_voc
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transforms, train_transforms
 from .voc import (_HOW_TO_GET_VOC, IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES, VOC_COLORMAP, VOCSegmentation, is_toy_voc,
                   layout_missing, locate_voc, read_image, read_label, restore_hint)
+from .context import get_context_voc_dir, make_context_voc
 
 __all__ = [
     "VOC_CLASSES", "VOC_COLORMAP", "IGNORE_INDEX", "NUM_CLASSES", "TOY_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD",

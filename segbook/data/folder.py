@@ -2,30 +2,53 @@
 
 VOC's split files and palette are one convention; many datasets (CamVid,
 Cityscapes exports, labels made with an annotation tool) are simply two
-folders of files that share a name. :class:`FolderSegmentation` reads::
+folders of files that share a name. :class:`FolderSegmentation` reads either
+layout (``layout=``)::
 
-    root/<split>/images/<stem>.png|.jpg|.jpeg
-    root/<split>/labels/<stem><label_suffix>.png
+    "nested":  root/<split>/images/<stem>.png|.jpg|.jpeg   root/<split>/labels/<stem><label_suffix>.png
+    "camvid":  root/<split>_images/<stem>.png|.jpg|.jpeg   root/<split>_labels/<stem><label_suffix>.png
 
-with the same item contract as :class:`~segbook.data.voc.VOCSegmentation`, so
-every loader, model and metric of the book works on it unchanged.
+(the second is the ``train_images/``, ``valid_labels/`` ... layout CamVid is often
+shared in) with the same item contract as :class:`~segbook.data.voc.VOCSegmentation`,
+so every loader, model and metric of the book works on it unchanged.
+:func:`load_folder` gives train and validation loaders with ``load_voc``'s transforms.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from .voc import IGNORE_INDEX, read_image, segmentation_item
 
+__all__ = ["FolderSegmentation", "IMAGE_SUFFIXES", "LAYOUTS", "load_folder"]
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _LABEL_MODES = ("L", "P", "I;16", "I")  # single-channel PNGs whose pixel values are class ids
-_LAYOUT = "<root>/<split>/images/<stem>.png|.jpg|.jpeg and <root>/<split>/labels/<stem><label_suffix>.png"
+# layout -> (image folder, label folder) relative to the root, for a split
+LAYOUTS = {"nested": ("{split}/images", "{split}/labels"), "camvid": ("{split}_images", "{split}_labels")}
+
+
+def _layout_text(layout: str) -> str:
+    images, labels = LAYOUTS[layout]
+    return (f"<root>/{images.format(split='<split>')}/<stem>.png|.jpg|.jpeg and "
+            f"<root>/{labels.format(split='<split>')}/<stem><label_suffix>.png (layout={layout!r})")
+
+
+def _splits_in(root: Path, layout: str) -> list[str]:
+    """The splits a root holds in ``layout``: subfolders (nested) or ``<split>_images`` folders (camvid)."""
+    if not root.is_dir():
+        return []
+    folders = [p.name for p in root.iterdir() if p.is_dir()]
+    if layout == "camvid":
+        return sorted(name[:-len("_images")] for name in folders if name.endswith("_images"))
+    return sorted(folders)
 
 
 def _name_some(paths: list[Path], limit: int = 3) -> str:
@@ -34,7 +57,7 @@ def _name_some(paths: list[Path], limit: int = 3) -> str:
 
 
 class FolderSegmentation(Dataset):
-    """Image/label pairs from ``root/<split>/images`` and ``root/<split>/labels``.
+    """Image/label pairs from ``root/<split>/images`` and ``root/<split>/labels`` (or ``<split>_images``...).
 
     An item is ``(image, label)``: uint8 (3, H, W) and int64 (H, W); with
     ``transforms`` it is ``transforms(tv_tensors.Image(image), tv_tensors.Mask(label))``.
@@ -48,35 +71,47 @@ class FolderSegmentation(Dataset):
     is often 11); it is mapped to 255, the book's ignore value, which is always
     allowed. ``label_suffix`` covers names like ``0001TP_006690_L.png``.
     Every image needs a label and every label an image: a stray file is an
-    error, never silently dropped.
+    error, never silently dropped. ``layout`` is ``"nested"`` (``<split>/images``)
+    or ``"camvid"`` (``<split>_images``, as in ``train_images/``, ``valid_labels/``).
     """
 
     def __init__(self, root: os.PathLike | str, split: str = "train", transforms: Callable | None = None, *,
-                 label_suffix: str = "", num_classes: int | None = None, ignore_index: int | None = None) -> None:
+                 label_suffix: str = "", num_classes: int | None = None, ignore_index: int | None = None,
+                 layout: str = "nested") -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout={layout!r}: use one of {', '.join(map(repr, LAYOUTS))} "
+                             f"({'; '.join(_layout_text(name) for name in LAYOUTS)}).")
         self.root = Path(root).expanduser()
+        self.layout = layout
+        self.class_names: list[str] | None = None  # for the figures (segbook.viz); load_folder sets them
+        self.palette: list[tuple[int, int, int]] | None = None
         self.split = split
         self.transforms = transforms
         self.label_suffix = label_suffix
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.image_dir = self.root / split / "images"
-        self.label_dir = self.root / split / "labels"
+        image_dir, label_dir = LAYOUTS[layout]
+        self.image_dir = self.root / image_dir.format(split=split)
+        self.label_dir = self.root / label_dir.format(split=split)
         for folder in (self.image_dir, self.label_dir):
             if not folder.is_dir():
-                splits = sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
-                raise FileNotFoundError(f"{folder} does not exist. FolderSegmentation expects {_LAYOUT}; "
-                                        f"splits found in {self.root}: {splits or 'none'}.")
+                other = next(name for name in LAYOUTS if name != layout)
+                hint = (f" (this root looks like layout={other!r}: pass that)"
+                        if (self.root / LAYOUTS[other][0].format(split=split)).is_dir() else "")
+                raise FileNotFoundError(f"{folder} does not exist. FolderSegmentation expects {_layout_text(layout)}; "
+                                        f"splits found in {self.root}: {_splits_in(self.root, layout) or 'none'}"
+                                        f"{hint}.")
         self.images = sorted(p for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.images:
             raise FileNotFoundError(f"{self.image_dir} holds no {'/'.join(IMAGE_SUFFIXES)} images. "
-                                    f"FolderSegmentation expects {_LAYOUT}.")
+                                    f"FolderSegmentation expects {_layout_text(layout)}.")
         self.labels = [self.label_dir / f"{p.stem}{label_suffix}.png" for p in self.images]
         present = set(os.listdir(self.label_dir))
         missing = [p for p in self.labels if p.name not in present]
         if missing:
             raise FileNotFoundError(f"no label for {len(missing)} image(s): {_name_some(missing)} missing. Each image "
-                                    f"<stem>.jpg needs labels/<stem>{label_suffix}.png; add the labels, remove those "
-                                    "images, or set label_suffix to your naming.")
+                                    f"<stem>.jpg needs {self.label_dir.name}/<stem>{label_suffix}.png; add the labels, "
+                                    "remove those images, or set label_suffix to your naming.")
         strays = sorted(set(self.label_dir.glob("*.png")) - set(self.labels))
         if strays:
             raise FileNotFoundError(f"{len(strays)} label(s) have no image: {_name_some(strays)}. Add the images to "
@@ -114,4 +149,78 @@ class FolderSegmentation(Dataset):
                                  label_path=self.labels[index])
 
     def __repr__(self) -> str:
-        return f"FolderSegmentation(split={self.split!r}, {len(self)} images)"
+        return f"FolderSegmentation(split={self.split!r}, layout={self.layout!r}, {len(self)} images)"
+
+
+def _check_class_table(num_classes: int, class_names: Sequence[str] | None,
+                       palette: Sequence[Sequence[int]] | None) -> None:
+    """One name and one RGB colour per class, when given: a short table mislabels every class after the gap."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}.")
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}; "
+                         "give one name per class id 0..num_classes-1.")
+    if palette is not None:
+        if len(palette) != num_classes:
+            raise ValueError(f"palette has {len(palette)} colours for num_classes={num_classes}; give one (r, g, b) "
+                             "per class id, or palette=None for generated colours.")
+        bad = [c for c in palette if len(c) != 3 or not all(isinstance(v, (int, np.integer)) and 0 <= v <= 255
+                                                              for v in c)]
+        if bad:
+            raise ValueError(f"palette colours must be (r, g, b) with integers 0..255; got {bad[:3]}.")
+
+
+def load_folder(root: os.PathLike | str, batch_size: int, crop_size: int | tuple[int, int], num_classes: int,
+                class_names: Sequence[str] | None = None, palette: Sequence[Sequence[int]] | None = None, *,
+                layout: str = "nested", train_split: str = "train", val_split: str | None = None,
+                label_suffix: str = "", ignore_index: int | None = None, num_workers: int | None = None,
+                scale_range: tuple[float, float] | None = (0.5, 2.0), val_batch_size: int | None = None,
+                seed: int = 0, verbose: bool = True) -> tuple[DataLoader, DataLoader]:
+    """Train and validation loaders for a folder dataset, built exactly as ``load_voc`` builds VOC's.
+
+    The same pieces as :func:`segbook.data.load_voc`: ``train_transforms(crop_size,
+    scale_range)`` with the seeded sampler (``SeededShuffle`` / ``SeededItems``: the
+    same ``seed`` gives the same batches whatever the workers), ``eval_transforms()``
+    on whole validation images collated by ``pad_collate``, ``default_num_workers()``.
+    So a model trained on CamVid goes through the code the VOC chapters test.
+
+    Args:
+        root: the dataset folder, in ``layout`` (``"nested"``: ``<split>/images``,
+            ``<split>/labels``; ``"camvid"``: ``<split>_images``, ``<split>_labels``).
+        num_classes: K; every label is checked against it when read (ids >= K raise,
+            naming the file).
+        class_names, palette: one name and one (r, g, b) per class, for the figures;
+            kept on both datasets as ``.class_names`` and ``.palette`` (``None``: the
+            figures number the classes and generate colours).
+        val_split: the validation split's name; ``None`` takes ``"val"`` or, failing that,
+            ``"valid"`` (CamVid's usual name), whichever the root holds.
+        label_suffix, ignore_index: see :class:`FolderSegmentation`.
+    """
+    from . import SeededItems, SeededShuffle, default_num_workers, pad_collate  # load_voc's own pieces
+    from .transforms import eval_transforms, train_transforms
+
+    _check_class_table(num_classes, class_names, palette)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: use one of {', '.join(map(repr, LAYOUTS))}.")
+    root = Path(root).expanduser()
+    if val_split is None:
+        present = _splits_in(root, layout)
+        val_split = next((name for name in ("val", "valid") if name in present), "val")
+    options = dict(label_suffix=label_suffix, num_classes=num_classes, ignore_index=ignore_index, layout=layout)
+    train_set = FolderSegmentation(root, train_split, transforms=train_transforms(crop_size, scale_range), **options)
+    val_set = FolderSegmentation(root, val_split, transforms=eval_transforms(), **options)
+    for dataset in (train_set, val_set):
+        dataset.class_names = list(class_names) if class_names is not None else None
+        dataset.palette = [tuple(int(v) for v in c) for c in palette] if palette is not None else None
+    workers = default_num_workers() if num_workers is None else num_workers
+    generator = torch.Generator().manual_seed(seed)  # all the loaders' randomness; torch's global RNG is not used
+    common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+    train_loader = DataLoader(SeededItems(train_set), batch_size=batch_size,
+                              sampler=SeededShuffle(len(train_set), generator), generator=generator,
+                              drop_last=len(train_set) > batch_size, **common)
+    val_loader = DataLoader(val_set, batch_size=val_batch_size or batch_size, shuffle=False,
+                            collate_fn=pad_collate, generator=torch.Generator().manual_seed(seed), **common)
+    if verbose:
+        print(f"dataset: folder {root} (layout={layout!r}) | {train_split} {len(train_set)}, {val_split} "
+              f"{len(val_set)} images | {num_classes} classes")
+    return train_loader, val_loader

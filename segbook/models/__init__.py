@@ -45,3 +45,8 @@ def build_model(name: str, num_classes: int = 21, pretrained_backbone: bool | st
 # Importing a model's module registers it; these imports come after register_model exists.
 from segbook.models.backbones import ResNetBackbone  # noqa: E402
 from segbook.models.fcn import FCN  # noqa: E402
+from segbook.models.base import FCNHead, SegmentationModel  # noqa: E402
+from segbook.models.pspnet import PSPNet, PyramidPoolingModule  # noqa: E402
+from segbook.models.ccnet import CCNet, CrissCrossAttention  # noqa: E402
+from segbook.models.deeplab import DeepLabV3Plus  # noqa: E402
+from segbook.models.pointrend import PointRend  # noqa: E402

@@ -12,10 +12,11 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from segbook.models import register_model
+from segbook.models.base import SegmentationModel
 from segbook.models.backbones import ResNetBackbone
 from segbook.upsample import AlignedUpsampler, bilinear_upsampler
 
-__all__ = ["FCN", "crop_to", "fcn8s"]
+__all__ = ["FCN", "FCNScores", "crop_to", "fcn8s"]
 
 SKIP_STAGES = ("layer3", "layer2")  # FCN-8s's finer stages, coarse to fine (strides 16 and 8)
 
@@ -32,14 +33,53 @@ def _upsampler(num_classes: int, factor: int, aligned: bool) -> nn.ConvTranspose
     return AlignedUpsampler(num_classes, factor) if aligned else bilinear_upsampler(num_classes, factor)
 
 
+class FCNScores(nn.Module):
+    """FCN's head: 1x1 class scores on ``layer4`` (plus FCN-8s's skips), upsampled to the image.
+
+    It upsamples itself with transposed convolutions (``returns_input_size``), so
+    :class:`~segbook.models.base.SegmentationModel` hands it the input's size.
+    See :class:`FCN` for the geometry.
+    """
+
+    returns_input_size = True
+
+    def __init__(self, channels: dict[str, int], num_classes: int, skips: bool = False,
+                 aligned: bool = True) -> None:
+        super().__init__()
+        self.skips, self.aligned = skips, aligned
+        self.classifier = nn.Conv2d(channels["layer4"], num_classes, kernel_size=1)
+        if skips:
+            self.skip_scores = nn.ModuleDict({stage: nn.Conv2d(channels[stage], num_classes, kernel_size=1)
+                                              for stage in SKIP_STAGES})
+            for score in self.skip_scores.values():
+                nn.init.zeros_(score.weight)
+                nn.init.zeros_(score.bias)
+            self.skip_upsamplers = nn.ModuleDict({stage: _upsampler(num_classes, 2, aligned)
+                                                  for stage in SKIP_STAGES})
+        self.upsample = _upsampler(num_classes, 8 if skips else 32, aligned)
+
+    def up(self, layer: nn.ConvTranspose2d, x: Tensor, size) -> Tensor:
+        """``x`` upsampled onto a map of ``size``: aligned, or even kernel then top-left crop."""
+        return layer(x, size) if self.aligned else crop_to(layer(x), size)
+
+    def forward(self, features: dict[str, Tensor], size: tuple[int, int]) -> Tensor:
+        scores = self.classifier(features["layer4"])                      # (B, K, h, w) = ceil((H, W) / 32)
+        if self.skips:
+            for stage in SKIP_STAGES:
+                skip = self.skip_scores[stage](features[stage])           # (B, K, ceil(H/16), ...), then /8
+                scores = self.up(self.skip_upsamplers[stage], scores, skip.shape[-2:]) + skip  # the same
+        return self.up(self.upsample, scores, size)                       # (B, K, H, W)
+
+
 @register_model("fcn")
-class FCN(nn.Module):
+class FCN(SegmentationModel):
     """FCN-32s (or FCN-8s with ``skips=True``) on a torchvision ResNet; returns ``{"out": logits}``.
 
-    Submodules: ``backbone`` (a :class:`ResNetBackbone` at stride 32), ``classifier``
-    (1x1 conv, ``channels -> num_classes``), ``upsample`` (the bilinear transposed
-    conv to the image: factor 32, or 8 after the skips) and, with ``skips=True``,
-    ``skip_scores`` and ``skip_upsamplers`` keyed by stage.
+    Parts: ``backbone`` (a :class:`ResNetBackbone` at stride 32) and ``head``
+    (:class:`FCNScores`: ``classifier``, the 1x1 conv ``channels -> num_classes``;
+    ``upsample``, the bilinear transposed conv to the image, factor 32, or 8 after
+    the skips; with ``skips=True``, ``skip_scores`` and ``skip_upsamplers`` keyed
+    by stage). No auxiliary head.
 
     Geometry (``aligned=True``, the default). A torchvision ResNet centres cell
     ``i`` of its stride-``s`` map on input pixel ``s i`` (every strided layer pads
@@ -70,34 +110,9 @@ class FCN(nn.Module):
     def __init__(self, num_classes: int = 21, backbone: str = "resnet18",
                  pretrained_backbone: bool | str | Path = False, skips: bool = False,
                  aligned: bool = True) -> None:
-        super().__init__()
+        resnet = ResNetBackbone(backbone, output_stride=32, pretrained=pretrained_backbone)
+        super().__init__(resnet, FCNScores(resnet.channels, num_classes, skips, aligned))
         self.num_classes, self.skips, self.aligned = num_classes, skips, aligned
-        self.backbone = ResNetBackbone(backbone, output_stride=32, pretrained=pretrained_backbone)
-        channels = self.backbone.channels
-        self.classifier = nn.Conv2d(channels["layer4"], num_classes, kernel_size=1)
-        if skips:
-            self.skip_scores = nn.ModuleDict({stage: nn.Conv2d(channels[stage], num_classes, kernel_size=1)
-                                              for stage in SKIP_STAGES})
-            for score in self.skip_scores.values():
-                nn.init.zeros_(score.weight)
-                nn.init.zeros_(score.bias)
-            self.skip_upsamplers = nn.ModuleDict({stage: _upsampler(num_classes, 2, aligned)
-                                                  for stage in SKIP_STAGES})
-        self.upsample = _upsampler(num_classes, 8 if skips else 32, aligned)
-
-    def _up(self, layer: nn.ConvTranspose2d, x: Tensor, size) -> Tensor:
-        """``x`` upsampled onto a map of ``size``: aligned, or even-kernel then top-left crop."""
-        return layer(x, size) if self.aligned else crop_to(layer(x), size)
-
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        size = images.shape[-2:]                                          # (H, W)
-        features = self.backbone(images)                                  # layer1..layer4, strides 4..32
-        scores = self.classifier(features["layer4"])                      # (B, K, h, w) = ceil((H, W) / 32)
-        if self.skips:
-            for stage in SKIP_STAGES:
-                skip = self.skip_scores[stage](features[stage])           # (B, K, 2h, 2w) at most, ceil(H/16) ...
-                scores = self._up(self.skip_upsamplers[stage], scores, skip.shape[-2:]) + skip  # ... then ceil(H/8)
-        return {"out": self._up(self.upsample, scores, size)}             # (B, K, H, W)
 
 
 @register_model("fcn8s")

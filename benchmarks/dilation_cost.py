@@ -1,0 +1,184 @@
+"""What a finer output stride costs: time, peak memory and FLOPs of dilated ResNets and PSPNet, as ratios.
+
+Dilation keeps every weight and buys a denser last feature map: at output
+stride 8 ``layer3`` works on 4x and ``layer4`` on 16x the cells it has at
+stride 32, so those stages cost that much more. This script measures it for the
+ResNet-18 and ResNet-50 backbones at output stride 32, 16 and 8 and for
+PSPNet (ResNet-50, stride 8, training mode with its auxiliary head), side by
+side in one run:
+
+* time: one forward + backward pass (loss: the mean square of ``layer4``, or
+  PSPNet's segmentation loss), median over interleaved repeats (each repeat
+  runs every model once, in a rotated order, so a slow spell of a shared
+  machine hits all of them alike);
+* peak memory: on the CPU, the highest running total of the allocator's
+  allocation and free events that ``torch.profiler`` records with
+  ``profile_memory=True`` during one step (PyTorch exposes no CPU
+  high-water mark; the process RSS would count freed memory the allocator
+  keeps, and tracemalloc does not see PyTorch's C++ allocations). On CUDA,
+  ``torch.cuda.max_memory_allocated`` after a reset. Both count what the step
+  allocates beyond the weights and their gradients (allocated by a warm-up
+  step and kept): the activations saved for backward and the workspace, which
+  is what the output stride changes;
+* FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass at
+  473 x 473 (PSPNet's crop), on the meta device, so nothing is computed.
+
+    python benchmarks/dilation_cost.py                       # 2x3x224x224, 3 repeats, CPU (+ CUDA if any)
+    python benchmarks/dilation_cost.py --size 473 --batch-size 2 --repeats 5 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from segbook.models.backbones import ResNetBackbone
+from segbook.models.pspnet import PSPNet
+from segbook.train import segmentation_loss
+
+CONFIGS = [("resnet18", 32), ("resnet18", 16), ("resnet18", 8),
+           ("resnet50", 32), ("resnet50", 16), ("resnet50", 8), ("pspnet-resnet50", 8)]
+NUM_CLASSES = 21
+
+
+def build(name: str, output_stride: int) -> torch.nn.Module:
+    if name.startswith("pspnet-"):
+        return PSPNet(NUM_CLASSES, backbone=name.split("-", 1)[1], output_stride=output_stride)
+    return ResNetBackbone(name, output_stride)
+
+
+def step_fn(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor) -> Callable[[], None]:
+    """One training step's forward and backward (no optimizer: it costs the same at every stride)."""
+    def step() -> None:
+        model.zero_grad(set_to_none=False)  # gradients stay allocated (after the warm-up), like the weights
+        out = model(images)
+        if "out" in out:
+            loss = segmentation_loss(out, target)[0]
+        else:
+            loss = out["layer4"].float().pow(2).mean()  # touches every stage through layer4
+        loss.backward()
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def _quiet_fd2():
+    """Kineto prints "profiler_start/stop" lines straight to file descriptor 2; hide them while profiling."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def cpu_peak_bytes(step: Callable[[], None]) -> int:
+    """Highest running total of CPU allocations minus frees during ``step``, from the profiler's memory events."""
+    with _quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    total = peak = 0
+    for _, nbytes in events:
+        total += nbytes
+        peak = max(peak, total)
+    return peak
+
+
+def cuda_peak_bytes(step: Callable[[], None], device: torch.device) -> int:
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    step()
+    _sync(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def forward_flops(name: str, output_stride: int, size: int) -> int:
+    with torch.device("meta"):
+        model = build(name, output_stride).eval()
+        images = torch.empty(1, 3, size, size)  # (1, 3, size, size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(images)
+    return counter.get_total_flops()
+
+
+def measure(device: torch.device, *, batch_size: int, size: int, repeats: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch_size, 3, size, size, generator=g).to(device)  # (B, 3, H, W)
+    target = torch.randint(0, NUM_CLASSES, (batch_size, size, size), generator=g).to(device)  # (B, H, W)
+    steps = {}
+    for name, stride in CONFIGS:
+        torch.manual_seed(0)
+        steps[name, stride] = step_fn(build(name, stride).to(device).train(), images, target)
+    peaks = {}
+    for key, step in steps.items():  # warm-up (allocator, first-call costs), then the memory of one step
+        step()
+        peaks[key] = cuda_peak_bytes(step, device) if device.type == "cuda" else cpu_peak_bytes(step)
+    times = {key: [] for key in steps}
+    keys = list(steps)
+    for r in range(repeats):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:  # rotate the order each repeat
+            _sync(device)
+            began = time.perf_counter()
+            steps[key]()
+            _sync(device)
+            times[key].append(time.perf_counter() - began)
+    return {key: (statistics.median(times[key]), peaks[key]) for key in keys}
+
+
+def report(results: dict, flops: dict, header: str) -> None:
+    print(header)
+    print(f"  {'model':<17}{'OS':>3}  {'fwd+bwd ms':>10} {'x OS32':>7}  {'step MB':>8} {'x OS32':>7}  "
+          f"{'GFLOPs@473':>10} {'x OS32':>7}")
+    for (name, stride), (seconds, peak) in results.items():
+        ref_name = name.split("-", 1)[1] if name.startswith("pspnet-") else name
+        ref_seconds, ref_peak = results[ref_name, 32]
+        gflops, ref_gflops = flops[name, stride] / 1e9, flops[ref_name, 32] / 1e9
+        print(f"  {name:<17}{stride:>3}  {1e3 * seconds:>10.1f} {seconds / ref_seconds:>7.2f}  "
+              f"{peak / 2 ** 20:>8.1f} {peak / ref_peak:>7.2f}  {gflops:>10.1f} {gflops / ref_gflops:>7.2f}")
+    print("  (ratios: to the same ResNet at output stride 32; PSPNet's to its ResNet-50 backbone at stride 32)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch-size", type=int, default=2, help="at least 2: PSPNet trains with batch statistics")
+    p.add_argument("--size", type=int, default=224, help="square input side for time and memory")
+    p.add_argument("--flops-size", type=int, default=473, help="square input side for the FLOP count")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats; the median is shown")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--cpu-only", action="store_true")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    flops = {key: forward_flops(*key, args.flops_size) for key in CONFIGS}
+    print(f"torch {torch.__version__}; FLOPs: one forward pass of a 1x3x{args.flops_size}x{args.flops_size} image "
+          "(FlopCounterMode, meta device; a multiply-add counts 2)")
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available() and not args.cpu_only:
+        devices.append(torch.device("cuda"))
+    for device in devices:
+        results = measure(device, batch_size=args.batch_size, size=args.size, repeats=args.repeats)
+        what = (f"{torch.get_num_threads()} CPU threads; peak = profiler memory events" if device.type == "cpu"
+                else f"{torch.cuda.get_device_name(device)}; peak = torch.cuda.max_memory_allocated")
+        report(results, flops, f"{device.type}: train-mode forward+backward of {args.batch_size}x3x{args.size}x"
+                               f"{args.size}, median of {args.repeats} interleaved repeats ({what})")
+
+
+if __name__ == "__main__":
+    main()

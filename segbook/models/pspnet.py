@@ -1,0 +1,121 @@
+"""PSPNet: give every pixel a summary of the whole image (Zhao et al., 2017).
+
+A dilated FCN scores each pixel from what its receptive field happens to hold,
+and the part of that field that actually matters (the *effective* receptive
+field) is much smaller than the theoretical one: a boat and a car of the same
+shape look alike up close, and only the water or the road around them tells
+them apart. The pyramid pooling module averages the last feature map over the
+whole image (1x1 bin) and over coarse grids (2x2, 3x3, 6x6 bins), squeezes each
+summary with a 1x1 convolution, stretches it back over the map and appends it
+to every pixel's own features. The head then classifies local and global
+evidence together.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from segbook.models import register_model
+from segbook.models.backbones import ResNetBackbone
+from segbook.models.base import FCNHead, SegmentationModel, resize_to
+
+__all__ = ["PSPHead", "PSPNet", "PyramidPoolingModule"]
+
+
+class PyramidPoolingModule(nn.Module):
+    """Average-pool to ``s x s`` bins for each ``s`` in ``pool_sizes``, reduce, upsample, concatenate.
+
+    Each branch: ``AdaptiveAvgPool2d(s)``, 1x1 conv to ``in_channels // len(pool_sizes)``
+    (no bias: BN follows), BN, ReLU, bilinear upsampling back to (h, w) with
+    ``align_corners=False``. The output is the input followed by every branch:
+    ``out_channels = in_channels + len(pool_sizes) * (in_channels // len(pool_sizes))``,
+    ``2 * in_channels`` for the paper's four sizes. ``pool_sizes=()`` makes the
+    module the identity, which is the ablation "PSPNet without the pyramid".
+
+    Training with a batch of one image fails on purpose: the 1x1 bin leaves each
+    channel a single value, which BatchNorm in training mode cannot normalise.
+    """
+
+    def __init__(self, in_channels: int, pool_sizes: Sequence[int] = (1, 2, 3, 6)) -> None:
+        super().__init__()
+        self.pool_sizes = tuple(int(s) for s in pool_sizes)
+        if any(s < 1 for s in self.pool_sizes):
+            raise ValueError(f"pool_sizes must be positive bin counts, got {tuple(pool_sizes)!r}.")
+        branch_channels = in_channels // len(self.pool_sizes) if self.pool_sizes else 0
+        if self.pool_sizes and branch_channels < 1:
+            raise ValueError(f"in_channels={in_channels} is too few for {len(self.pool_sizes)} branches.")
+        self.branches = nn.ModuleList(
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(size),                                          # (B, C, s, s)
+                nn.Conv2d(in_channels, branch_channels, kernel_size=1, bias=False),  # (B, C/n, s, s)
+                nn.BatchNorm2d(branch_channels),
+                nn.ReLU(inplace=True),
+            )
+            for size in self.pool_sizes)
+        self.in_channels = in_channels
+        self.out_channels = in_channels + branch_channels * len(self.pool_sizes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1 and 1 in self.pool_sizes:
+            raise ValueError(
+                "PyramidPoolingModule got a batch of one image in training mode: its 1x1 bin leaves BatchNorm "
+                "one value per channel, which it cannot normalise. Train with batch_size >= 2 (and "
+                "drop_last=True so no final batch holds one image), or call model.eval() for inference.")
+        size = tuple(x.shape[-2:])                                          # (h, w)
+        pyramid = [x] + [resize_to(branch(x), size) for branch in self.branches]  # (B, C, h, w), n x (B, C/n, h, w)
+        return torch.cat(pyramid, dim=1)                                    # (B, C + n (C/n), h, w)
+
+
+class PSPHead(nn.Module):
+    """Pyramid pooling on ``features[stage]``, then 3x3 conv + BN + ReLU + dropout and a 1x1 classifier.
+
+    ``channels`` is the width of the 3x3 "bottleneck" that mixes each pixel's own
+    features with the pooled summaries (512 in the paper and in mmsegmentation).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, pool_sizes: Sequence[int] = (1, 2, 3, 6),
+                 channels: int = 512, dropout: float = 0.1, stage: str = "layer4") -> None:
+        super().__init__()
+        self.stage = stage
+        self.ppm = PyramidPoolingModule(in_channels, pool_sizes)
+        self.bottleneck = nn.Sequential(
+            nn.Conv2d(self.ppm.out_channels, channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(dropout),
+        )
+        self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
+
+    def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        x = self.ppm(features[self.stage])  # (B, 2C, h, w) for four pool sizes
+        x = self.bottleneck(x)              # (B, channels, h, w)
+        return self.classifier(x)           # (B, K, h, w)
+
+
+@register_model("pspnet")
+class PSPNet(SegmentationModel):
+    """PSPNet on a dilated ResNet: ``{"out": (B, K, H, W)}``, plus ``"aux"`` (from ``layer3``) in training.
+
+    Args:
+        num_classes: K.
+        backbone: a :class:`ResNetBackbone` name; the paper uses ``"resnet50"``/``"resnet101"``.
+        output_stride: 8 (the paper: ``layer3`` and ``layer4`` dilated), 16 or 32.
+        pool_sizes: the pyramid's bins; ``()`` leaves a plain dilated FCN with the same head.
+        aux: add the :class:`FCNHead` on ``layer3`` (train with ``aux_weights={"aux": 0.4}``,
+            the default of :func:`segbook.train.segmentation_loss`).
+        dropout: before the classifier of both heads.
+        pretrained_backbone: see :class:`ResNetBackbone`'s ``pretrained``.
+        channels: width of the head's 3x3 conv.
+    """
+
+    def __init__(self, num_classes: int = 21, backbone: str = "resnet50", output_stride: int = 8,
+                 pool_sizes: Sequence[int] = (1, 2, 3, 6), aux: bool = True, dropout: float = 0.1,
+                 pretrained_backbone: bool | str | Path = False, channels: int = 512) -> None:
+        body = ResNetBackbone(backbone, output_stride=output_stride, pretrained=pretrained_backbone)
+        head = PSPHead(body.channels["layer4"], num_classes, pool_sizes, channels, dropout)
+        aux_head = FCNHead(body.channels["layer3"], num_classes, dropout) if aux else None
+        super().__init__(body, head, aux_head, aux_stage="layer3")
+        self.num_classes = num_classes

@@ -24,7 +24,11 @@ K = 3
 
 # name -> small constructor keywords. The lead adds "fcn", "fcn8s", "ccnet", "deeplabv3plus" here.
 CONTRACT_MODELS = {
+    "fcn": dict(backbone="resnet18"),
+    "fcn8s": dict(backbone="resnet18"),
     "pspnet": dict(backbone="resnet18", output_stride=8),
+    "ccnet": dict(backbone="resnet18", output_stride=8),
+    "deeplabv3plus": dict(backbone="resnet18", output_stride=16),
 }
 ODD_SIZES = [(32, 32), (33, 47), (65, 97)]
 

@@ -266,3 +266,16 @@ def test_show_image_grid_draws_labels_in_the_palette():
     images, labels = _camvid_batch()
     fig = show_image_grid([images[0], labels[0]], palette=CAMVID_PALETTE)
     assert np.array_equal(fig.axes[1].get_images()[0].get_array(), colorize(labels[0], CAMVID_PALETTE))
+
+
+def test_add_class_legend_names_exactly_the_classes_shown():
+    import matplotlib.pyplot as plt
+    from segbook.viz import add_class_legend
+    fig, axes = plt.subplots(1, 2)
+    axes[0].set_title("a", fontsize=8)
+    labels = [torch.tensor([[0, 7], [255, 7]]), torch.tensor([[15]])]
+    add_class_legend(fig, labels)
+    legend = fig.axes[-1].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["0 background", "7 car", "15 person", "ignore (255)"]
+    assert axes[0].title.get_fontsize() == 10
+    plt.close(fig)

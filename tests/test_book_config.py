@@ -148,7 +148,6 @@ def test_bibliography_labels_are_author_year():
 
 # --- The chapters' code cells ------------------------------------------------------------
 
-@pytest.mark.xfail(strict=False, reason="the lead is rewrapping chapters 2 and 3 to 88 columns")
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
 def test_code_lines_fit_the_page(path):
     """88 characters fit the site's code boxes at desktop width without a scroll bar."""
@@ -158,7 +157,6 @@ def test_code_lines_fit_the_page(path):
     assert not long, f"{path.name}: {len(long)} code lines over {MAX_LINE} characters:\n" + "\n".join(long)
 
 
-@pytest.mark.xfail(strict=False, reason="the lead is moving chapter 3 to nbval-ignore-output tags")
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
 def test_no_nbval_comment_markers(path):
     """nbval's cell tags (`nbval-ignore-output`) say it; a comment in the code shows on the page."""

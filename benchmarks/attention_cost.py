@@ -40,18 +40,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import statistics
-import sys
 import time
 
 import torch
 from torch import nn
-from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
+from memory import marked, peak_bytes  # benchmarks/memory.py: one way to measure peak memory
 from segbook.models.ccnet import CrissCrossAttention, NonLocalBlock, criss_cross_attention_bmm
 
 METHODS = ("cc R=1", "cc R=2", "cc bmm R=1", "non-local")
@@ -117,20 +113,6 @@ def free_gib(device: str) -> float:
         return 8.0
 
 
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silence the profiler's C++ start/stop lines on stderr (fd 2) while it runs."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def peak_mib(block: nn.Module, x: torch.Tensor) -> tuple[float, float]:
     """Peak memory (MiB) of one forward with autograd on, and of that forward plus its backward.
 
@@ -139,38 +121,17 @@ def peak_mib(block: nn.Module, x: torch.Tensor) -> tuple[float, float]:
     those intermediates (for non-local, one more (hw, hw) matrix at a time).
     """
     x = x.detach().requires_grad_()                                     # as inside a network: grads flow to x
-    if x.device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
+
+    def forward_backward() -> None:
         out = block(x)                                                  # (1, C, h, w)
-        torch.cuda.synchronize()
-        forward = torch.cuda.max_memory_allocated() - before
-        out.sum().backward()
-        torch.cuda.synchronize()
-        both = torch.cuda.max_memory_allocated() - before
-        del out
-        block.zero_grad(set_to_none=True)
-        return forward / MiB, both / MiB
-    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = block(x)                                                  # (1, C, h, w)
-        with record_function("backward"):
-            out.sum().backward()
-    del out
+        marked(lambda: out.sum().backward())                            # the peak before this is the forward's
+
+    if x.device.type == "cuda":  # one high-water mark per run: measure the forward on its own first
+        forward = peak_bytes(lambda: block(x), x.device)[1]
+        both = peak_bytes(forward_backward, x.device)[1]
+    else:
+        forward, both = peak_bytes(forward_backward, x.device)
     block.zero_grad(set_to_none=True)
-    events = prof.profiler.kineto_results.events()
-    backward_start = min(e.start_ns() for e in events if e.name() == "backward")
-    # The raw allocation records, one per malloc (+bytes) or free (-bytes), each with its own time. (The
-    # per-op totals of prof.events() net an op's frees against its children's allocations, which hides
-    # the moment inside a backward op when the old and the new (hw, hw) matrices are both alive.)
-    records = sorted((e for e in events if e.name() == "[memory]" and e.device_type() == DeviceType.CPU),
-                     key=lambda e: e.start_ns())
-    live = forward = both = 0
-    for record in records:
-        live += record.nbytes()
-        both = max(both, live)
-        if record.start_ns() < backward_start:
-            forward = both
     return forward / MiB, both / MiB
 
 

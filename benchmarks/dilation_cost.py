@@ -29,17 +29,14 @@ side in one run:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from memory import peak_bytes, sync  # benchmarks/memory.py: one way to measure peak memory
 from segbook.models.backbones import ResNetBackbone
 from segbook.models.pspnet import PSPNet
 from segbook.train import segmentation_loss
@@ -68,47 +65,6 @@ def step_fn(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor) 
     return step
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextlib.contextmanager
-def _quiet_fd2():
-    """Kineto prints "profiler_start/stop" lines straight to file descriptor 2; hide them while profiling."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def cpu_peak_bytes(step: Callable[[], None]) -> int:
-    """Highest running total of CPU allocations minus frees during ``step``, from the profiler's memory events."""
-    with _quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
-    total = peak = 0
-    for _, nbytes in events:
-        total += nbytes
-        peak = max(peak, total)
-    return peak
-
-
-def cuda_peak_bytes(step: Callable[[], None], device: torch.device) -> int:
-    _sync(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    step()
-    _sync(device)
-    return torch.cuda.max_memory_allocated(device) - before
-
-
 def forward_flops(name: str, output_stride: int, size: int) -> int:
     with torch.device("meta"):
         model = build(name, output_stride).eval()
@@ -129,15 +85,15 @@ def measure(device: torch.device, *, batch_size: int, size: int, repeats: int) -
     peaks = {}
     for key, step in steps.items():  # warm-up (allocator, first-call costs), then the memory of one step
         step()
-        peaks[key] = cuda_peak_bytes(step, device) if device.type == "cuda" else cpu_peak_bytes(step)
+        peaks[key] = peak_bytes(step, device)[1]
     times = {key: [] for key in steps}
     keys = list(steps)
     for r in range(repeats):
         for key in keys[r % len(keys):] + keys[:r % len(keys)]:  # rotate the order each repeat
-            _sync(device)
+            sync(device)
             began = time.perf_counter()
             steps[key]()
-            _sync(device)
+            sync(device)
             times[key].append(time.perf_counter() - began)
     return {key: (statistics.median(times[key]), peaks[key]) for key in keys}
 

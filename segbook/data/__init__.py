@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,27 +69,23 @@ def no_voc_message(root: os.PathLike | str) -> str:
             f"ImageSets/Segmentation/ directly in it.{toy_hint}")
 
 
-def _toy_voc_dir(root: Path | None, seed: int, num_train: int, num_val: int) -> Path:
-    """The toy set for these settings, generated once; later calls reuse it.
+def generate_once(parent: Path, name: str, make: Callable[[Path], object], what: str) -> Path:
+    """``parent/name/VOCdevkit/VOC2012``, made by ``make(folder)`` the first time and reused after.
 
     It is written into a temporary folder that is renamed into place only when
     complete, so an interrupted generation never leaves a half-made set that a
-    later call would trust.
+    later call would trust (a finished set carries the toy marker file).
     """
-    parent = Path(root).expanduser() if root is not None else data_home()
-    name = f"toy_voc_v{TOY_VERSION}_seed{seed}"
-    if (num_train, num_val) != TOY_SIZE:
-        name += f"_{num_train}x{num_val}"
     final = parent / name
     voc = final / "VOCdevkit" / "VOC2012"
     if (voc / TOY_MARKER).is_file():
         return voc
     if final.exists():
-        raise FileExistsError(f"{final} exists but is not a finished toy VOC set; delete it and call again.")
+        raise FileExistsError(f"{final} exists but is not a finished {what}; delete it and call again.")
     parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{name}-partial-", dir=parent))
     try:
-        make_toy_voc(partial, num_train=num_train, num_val=num_val, seed=seed)
+        make(partial)
         try:
             os.replace(partial, final)
         except OSError:  # another process finished first: use theirs
@@ -97,6 +94,16 @@ def _toy_voc_dir(root: Path | None, seed: int, num_train: int, num_val: int) -> 
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return voc
+
+
+def _toy_voc_dir(root: Path | None, seed: int, num_train: int, num_val: int) -> Path:
+    """The toy set for these settings, generated once (see :func:`generate_once`); later calls reuse it."""
+    parent = Path(root).expanduser() if root is not None else data_home()
+    name = f"toy_voc_v{TOY_VERSION}_seed{seed}"
+    if (num_train, num_val) != TOY_SIZE:
+        name += f"_{num_train}x{num_val}"
+    return generate_once(parent, name, lambda folder: make_toy_voc(folder, num_train=num_train, num_val=num_val,
+                                                                   seed=seed), "toy VOC set")
 
 
 def _split_size(voc: Path, split: str) -> int:
@@ -298,6 +305,27 @@ def default_num_workers() -> int:
     return 0 if cpus <= 2 else min(4, cpus)
 
 
+def segmentation_loaders(train_set: Dataset, val_set: Dataset, batch_size: int, *, val_batch_size: int | None = None,
+                         num_workers: int | None = None, seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    """The book's two loaders over any pair of segmentation datasets (VOC, the toy set, a folder).
+
+    Train: reshuffled every epoch, each item's random transforms drawn from its
+    own seed, all from one generator seeded with ``seed`` (so the batches do not
+    depend on ``num_workers``); the last incomplete batch is dropped unless the
+    split is no larger than a batch. Validation: in order, whole images collated
+    by :func:`pad_collate`, whose batches carry each image's size.
+    """
+    workers = default_num_workers() if num_workers is None else num_workers
+    generator = torch.Generator().manual_seed(seed)  # all the loaders' randomness; torch's global RNG is not used
+    common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+    train_loader = DataLoader(SeededItems(train_set), batch_size=batch_size,
+                              sampler=SeededShuffle(len(train_set), generator), generator=generator,
+                              drop_last=len(train_set) > batch_size, **common)
+    val_loader = DataLoader(val_set, batch_size=val_batch_size or batch_size, shuffle=False,
+                            collate_fn=pad_collate, generator=torch.Generator().manual_seed(seed), **common)
+    return train_loader, val_loader
+
+
 def load_voc(batch_size: int, crop_size: int | tuple[int, int], source: str = "auto",
              root: os.PathLike | str | None = None, num_workers: int | None = None,
              scale_range: tuple[float, float] | None = (0.5, 2.0), val_batch_size: int | None = None,
@@ -313,14 +341,8 @@ def load_voc(batch_size: int, crop_size: int | tuple[int, int], source: str = "a
     size, whatever ``val_batch_size`` is.
     """
     voc = get_voc_dir(source, root, verbose=verbose)
-    workers = default_num_workers() if num_workers is None else num_workers
     train_set = VOCSegmentation(voc, "train", transforms=train_transforms(crop_size, scale_range))
     val_set = VOCSegmentation(voc, "val", transforms=eval_transforms())
-    generator = torch.Generator().manual_seed(seed)  # all the loaders' randomness; torch's global RNG is not used
-    common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
-    train_loader = DataLoader(SeededItems(train_set), batch_size=batch_size,
-                              sampler=SeededShuffle(len(train_set), generator), generator=generator,
-                              drop_last=len(train_set) > batch_size, **common)
-    val_loader = DataLoader(val_set, batch_size=val_batch_size or batch_size, shuffle=False,
-                            collate_fn=pad_collate, generator=torch.Generator().manual_seed(seed), **common)
+    train_loader, val_loader = segmentation_loaders(train_set, val_set, batch_size, val_batch_size=val_batch_size,
+                                                    num_workers=num_workers, seed=seed)
     return train_loader, val_loader

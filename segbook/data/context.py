@@ -33,8 +33,6 @@ from __future__ import annotations
 import colorsys
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -239,24 +237,10 @@ def get_context_voc_dir(root: os.PathLike | str | None = None, *, seed: int = 0,
     so an interrupted generation never leaves a half-made set that a later call
     would trust. Extra keywords go to :func:`make_context_voc` and name the folder.
     """
+    from . import generate_once  # segbook.data imports this module
+
     parent = Path(root).expanduser() if root is not None else data_home()
     name = f"context_voc_v{CONTEXT_VERSION}_seed{seed}_{num_train}x{num_val}"
     name += "".join(f"_{key}{value}" for key, value in sorted(kwargs.items())).replace(" ", "")
-    final = parent / name
-    voc = final / "VOCdevkit" / "VOC2012"
-    if (voc / TOY_MARKER).is_file():
-        return voc
-    if final.exists():
-        raise FileExistsError(f"{final} exists but is not a finished context set; delete it and call again.")
-    parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{name}-partial-", dir=parent))
-    try:
-        make_context_voc(partial, num_train=num_train, num_val=num_val, seed=seed, **kwargs)
-        try:
-            os.replace(partial, final)
-        except OSError:  # another process finished first: use theirs
-            if not (voc / TOY_MARKER).is_file():
-                raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return voc
+    return generate_once(parent, name, lambda folder: make_context_voc(folder, num_train=num_train, num_val=num_val,
+                                                                       seed=seed, **kwargs), "context set")

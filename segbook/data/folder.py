@@ -196,7 +196,7 @@ def load_folder(root: os.PathLike | str, batch_size: int, crop_size: int | tuple
             ``"valid"`` (CamVid's usual name), whichever the root holds.
         label_suffix, ignore_index: see :class:`FolderSegmentation`.
     """
-    from . import SeededItems, SeededShuffle, default_num_workers, pad_collate  # load_voc's own pieces
+    from . import segmentation_loaders  # load_voc's own loaders; segbook.data imports this module
     from .transforms import eval_transforms, train_transforms
 
     _check_class_table(num_classes, class_names, palette)
@@ -212,14 +212,8 @@ def load_folder(root: os.PathLike | str, batch_size: int, crop_size: int | tuple
     for dataset in (train_set, val_set):
         dataset.class_names = list(class_names) if class_names is not None else None
         dataset.palette = [tuple(int(v) for v in c) for c in palette] if palette is not None else None
-    workers = default_num_workers() if num_workers is None else num_workers
-    generator = torch.Generator().manual_seed(seed)  # all the loaders' randomness; torch's global RNG is not used
-    common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
-    train_loader = DataLoader(SeededItems(train_set), batch_size=batch_size,
-                              sampler=SeededShuffle(len(train_set), generator), generator=generator,
-                              drop_last=len(train_set) > batch_size, **common)
-    val_loader = DataLoader(val_set, batch_size=val_batch_size or batch_size, shuffle=False,
-                            collate_fn=pad_collate, generator=torch.Generator().manual_seed(seed), **common)
+    train_loader, val_loader = segmentation_loaders(train_set, val_set, batch_size, val_batch_size=val_batch_size,
+                                                    num_workers=num_workers, seed=seed)
     if verbose:
         print(f"dataset: folder {root} (layout={layout!r}) | {train_split} {len(train_set)}, {val_split} "
               f"{len(val_set)} images | {num_classes} classes")

@@ -1,0 +1,90 @@
+"""CCNet against PSPNet and a plain dilated network, on the quick profile, over seeds.
+
+Chapter 5 trains CCNet once; this script trains the three heads on the same
+dilated ResNet-18, data and schedule (the chapter's quick settings) for each
+seed, and writes the final validation scores to
+``segbook/results/ccnet_compare.json`` (package data), which the chapter loads
+with ``segbook.results.load_results``. The "dilated FCN" is PSPNet with no
+pyramid (``pool_sizes=()``): the same head convolution and auxiliary head,
+without context. It also stores one cheap ``check`` run that
+``tests/test_ccnet_results.py`` repeats. A run takes about 30 s on 2 quiet CPU
+cores (several minutes when other work shares them).
+
+    python experiments/ccnet_compare.py [--seeds 0 1 2] [--epochs 3] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from segbook import seed_everything
+from segbook.data import NUM_CLASSES, load_voc
+from segbook.models import build_model
+from segbook.train import fit
+
+RESULTS = Path(__file__).resolve().parent.parent / "segbook" / "results" / "ccnet_compare.json"  # shipped
+QUICK = dict(backbone="resnet18", output_stride=16, crop_size=(96, 128), batch_size=8, epochs=3,
+             lr=0.01)  # chapter 5's quick profile
+MODELS = {  # name in the table: (registered model, extra keywords)
+    "dilated FCN": ("pspnet", {"pool_sizes": []}),
+    "PSPNet": ("pspnet", {}),
+    "CCNet": ("ccnet", {"recurrence": 2}),
+}
+CHECK = dict(model="CCNet", seed=0, epochs=1)  # the run the test repeats: about 10 s on 2 quiet cores
+
+
+def run(label: str, seed: int, epochs: int) -> dict:
+    """Train MODELS[label] with the quick settings and ``seed``; its final scores as a row."""
+    name, extra = MODELS[label]
+    train_loader, val_loader = load_voc(QUICK["batch_size"], QUICK["crop_size"], source="toy", seed=seed,
+                                        verbose=False)
+    seed_everything(seed)
+    model = build_model(name, num_classes=NUM_CLASSES, backbone=QUICK["backbone"],
+                        output_stride=QUICK["output_stride"], **extra)
+    history = fit(model, train_loader, val_loader, epochs=epochs, lr=QUICK["lr"], device="cpu",
+                  num_classes=NUM_CLASSES, seed=seed, live_plot=False, progress=False, log=None)
+    first, last = history[0], history[-1]
+    row = {"model": label, "seed": seed, "epochs": epochs, "val_miou": round(last["val_miou"], 4),
+           "val_pixel_acc": round(last["val_pixel_acc"], 4), "train_loss": round(last["train_loss"], 4),
+           "first_train_loss": round(first["train_loss"], 4)}
+    if name == "ccnet":
+        row["gamma"] = round(model.head.cca.gamma.item(), 4)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--epochs", type=int, default=QUICK["epochs"])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    settings = {**QUICK, "epochs": args.epochs, "threads": args.threads,
+                "crop_size": list(QUICK["crop_size"])}
+    rows: list[dict] = []
+
+    def write(check: dict | None) -> None:  # after every run, so a stopped run keeps what it made
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps({"settings": settings, "models": MODELS, "torch": torch.__version__,
+                                       "machine": platform.machine(), "runs": rows, "check": check},
+                                      indent=1) + "\n")
+
+    for seed in args.seeds:
+        for label in MODELS:  # side by side, so machine load hits all three alike
+            began = time.perf_counter()
+            rows.append(run(label, seed, args.epochs))
+            print(rows[-1], f"({time.perf_counter() - began:.0f} s)", flush=True)
+            write(None)
+    check = run(CHECK["model"], CHECK["seed"], CHECK["epochs"])
+    print("check", check, flush=True)
+    write(check)
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -203,3 +203,38 @@ def test_gradients_reach_every_parameter(psp18: PSPNet) -> None:
     loss.backward()
     for name, param in psp18.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+# --- the branches' normalisation (an option; the paper's BatchNorm is the default) -----------------------
+
+def test_pool_norm_default_is_batchnorm_and_the_options_build_what_they_say() -> None:
+    assert PSPNet(K, backbone="resnet18").head.ppm.norm == "batch"
+    for norm, kind, bias in [("batch", nn.BatchNorm2d, False), ("group", nn.GroupNorm, False),
+                             ("none", nn.Identity, True)]:
+        model = build_model("pspnet", num_classes=K, backbone="resnet18", channels=32, pool_norm=norm)
+        for branch in model.head.ppm.branches:
+            assert isinstance(branch[2], kind) and (branch[1].bias is not None) == bias, norm
+    assert build_model("pspnet", num_classes=K, backbone="resnet18",
+                       pool_norm="group").head.ppm.branches[0][2].num_groups == 32
+    assert PyramidPoolingModule(64, norm="group").branches[0][2].num_groups == 4  # 16 channels: groups of 4
+    with pytest.raises(ValueError, match="norm='layer'.*'batch'"):
+        PyramidPoolingModule(32, norm="layer")
+
+
+@pytest.mark.parametrize("norm", ["group", "none"])
+def test_batch_independent_branches_train_on_one_image_and_match_the_formula(norm: str) -> None:
+    torch.manual_seed(6)
+    ppm = PyramidPoolingModule(64, (1, 2, 3, 6), norm=norm).train()
+    x = torch.randn(3, 64, 7, 10)
+    ppm(x[:1])                                                          # a batch of one: fine without BN
+    conv = ppm.branches[0][1]
+    with torch.no_grad():
+        z = F.conv2d(x.mean(dim=(2, 3), keepdim=True), conv.weight, conv.bias)  # (3, 16, 1, 1)
+        if norm == "group":
+            gn = ppm.branches[0][2]
+            g = z.view(3, gn.num_groups, -1)
+            g = (g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + gn.eps)
+            z = g.view_as(z) * gn.weight.view(1, -1, 1, 1) + gn.bias.view(1, -1, 1, 1)
+        torch.testing.assert_close(ppm(x)[:, 64:80], z.clamp(min=0).expand(-1, -1, 7, 10))
+        # each image's summary is its own: no statistics shared across the batch
+        torch.testing.assert_close(ppm(x)[1:2], ppm(x[1:2]))

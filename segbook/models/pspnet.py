@@ -37,21 +37,31 @@ class PyramidPoolingModule(nn.Module):
 
     Training with a batch of one image fails on purpose: the 1x1 bin leaves each
     channel a single value, which BatchNorm in training mode cannot normalise.
+
+    ``norm`` picks the branches' normalisation: ``"batch"`` (the paper's, the
+    default), ``"group"`` (GroupNorm, up to 32 groups of 4+ channels) or ``"none"``
+    (the 1x1 conv gets a bias and feeds the ReLU directly).
+    On a small batch BatchNorm normalises the 1x1 bin over only B global vectors
+    per step, and its running statistics are then noisy; the other two do not
+    depend on the batch, and allow a batch of one.
     """
 
-    def __init__(self, in_channels: int, pool_sizes: Sequence[int] = (1, 2, 3, 6)) -> None:
+    def __init__(self, in_channels: int, pool_sizes: Sequence[int] = (1, 2, 3, 6), norm: str = "batch") -> None:
         super().__init__()
         self.pool_sizes = tuple(int(s) for s in pool_sizes)
         if any(s < 1 for s in self.pool_sizes):
             raise ValueError(f"pool_sizes must be positive bin counts, got {tuple(pool_sizes)!r}.")
+        if norm not in ("batch", "group", "none"):
+            raise ValueError(f"norm={norm!r}: use 'batch' (the paper's), 'group' or 'none'.")
+        self.norm = norm
         branch_channels = in_channels // len(self.pool_sizes) if self.pool_sizes else 0
         if self.pool_sizes and branch_channels < 1:
             raise ValueError(f"in_channels={in_channels} is too few for {len(self.pool_sizes)} branches.")
         self.branches = nn.ModuleList(
             nn.Sequential(
                 nn.AdaptiveAvgPool2d(size),                                          # (B, C, s, s)
-                nn.Conv2d(in_channels, branch_channels, kernel_size=1, bias=False),  # (B, C/n, s, s)
-                nn.BatchNorm2d(branch_channels),
+                nn.Conv2d(in_channels, branch_channels, kernel_size=1, bias=norm == "none"),  # (B, C/n, s, s)
+                _branch_norm(norm, branch_channels),
                 nn.ReLU(inplace=True),
             )
             for size in self.pool_sizes)
@@ -59,7 +69,7 @@ class PyramidPoolingModule(nn.Module):
         self.out_channels = in_channels + branch_channels * len(self.pool_sizes)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and x.shape[0] == 1 and 1 in self.pool_sizes:
+        if self.training and x.shape[0] == 1 and 1 in self.pool_sizes and self.norm == "batch":
             raise ValueError(
                 "PyramidPoolingModule got a batch of one image in training mode: its 1x1 bin leaves BatchNorm "
                 "one value per channel, which it cannot normalise. Train with batch_size >= 2 (and "
@@ -67,6 +77,17 @@ class PyramidPoolingModule(nn.Module):
         size = tuple(x.shape[-2:])                                          # (h, w)
         pyramid = [x] + [resize_to(branch(x), size) for branch in self.branches]  # (B, C, h, w), n x (B, C/n, h, w)
         return torch.cat(pyramid, dim=1)                                    # (B, C + n (C/n), h, w)
+
+
+def _branch_norm(norm: str, channels: int) -> nn.Module:
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "group":  # up to 32 groups of at least 4 channels: the 1x1 bin gives each group 4+ values
+        groups = min(32, max(1, channels // 4))
+        while channels % groups:
+            groups -= 1
+        return nn.GroupNorm(groups, channels)
+    return nn.Identity()
 
 
 class PSPHead(nn.Module):
@@ -77,10 +98,10 @@ class PSPHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, num_classes: int, pool_sizes: Sequence[int] = (1, 2, 3, 6),
-                 channels: int = 512, dropout: float = 0.1, stage: str = "layer4") -> None:
+                 channels: int = 512, dropout: float = 0.1, stage: str = "layer4", pool_norm: str = "batch") -> None:
         super().__init__()
         self.stage = stage
-        self.ppm = PyramidPoolingModule(in_channels, pool_sizes)
+        self.ppm = PyramidPoolingModule(in_channels, pool_sizes, pool_norm)
         self.bottleneck = nn.Sequential(
             nn.Conv2d(self.ppm.out_channels, channels, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm2d(channels),
@@ -109,13 +130,16 @@ class PSPNet(SegmentationModel):
         dropout: before the classifier of both heads.
         pretrained_backbone: see :class:`ResNetBackbone`'s ``pretrained``.
         channels: width of the head's 3x3 conv.
+        pool_norm: the pyramid branches' normalisation, ``"batch"`` (the paper's), ``"group"`` or
+            ``"none"``; see :class:`PyramidPoolingModule`.
     """
 
     def __init__(self, num_classes: int = 21, backbone: str = "resnet50", output_stride: int = 8,
                  pool_sizes: Sequence[int] = (1, 2, 3, 6), aux: bool = True, dropout: float = 0.1,
-                 pretrained_backbone: bool | str | Path = False, channels: int = 512) -> None:
+                 pretrained_backbone: bool | str | Path = False, channels: int = 512,
+                 pool_norm: str = "batch") -> None:
         body = ResNetBackbone(backbone, output_stride=output_stride, pretrained=pretrained_backbone)
-        head = PSPHead(body.channels["layer4"], num_classes, pool_sizes, channels, dropout)
+        head = PSPHead(body.channels["layer4"], num_classes, pool_sizes, channels, dropout, pool_norm=pool_norm)
         aux_head = FCNHead(body.channels["layer3"], num_classes, dropout) if aux else None
         super().__init__(body, head, aux_head, aux_stage="layer3")
         self.num_classes = num_classes

@@ -1,4 +1,4 @@
-"""The VOC reader against torchvision's, its errors, and the seed's RGB decoding it replaces."""
+"""The VOC reader against torchvision's, its errors, and d2l's RGB decoding it replaces."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -181,9 +181,9 @@ def test_read_label_refuses_unknown_class_ids(tmp_path):
         read_label(path)
 
 
-# --------------------------------------------------------------------------- the seed's RGB decoding
+# --------------------------------------------------------------------------- d2l's RGB decoding
 def test_decode_label_rgb_loses_the_border(voc_root):
-    """d2l's colour lookup agrees on the 21 classes but maps the 255 border to 0: the seed's bug, kept as reference."""
+    """d2l's colour lookup agrees on the 21 classes but maps the 255 border to 0: d2l's bug, kept as reference."""
     table = voc_colormap2label()
     assert table.dtype == torch.int64 and table.nbytes == 128 * 2 ** 20
     for path in sorted((voc_root / "VOCdevkit" / "VOC2012" / "SegmentationClass").glob("*.png")):

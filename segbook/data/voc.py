@@ -254,7 +254,7 @@ class VOCSegmentation(Dataset):
         return f"VOCSegmentation(split={self.split!r}, {len(self)} images)"
 
 
-# --------------------------------------------------------------------------- the seed's slow reference
+# --------------------------------------------------------------------------- d2l's slow RGB reference
 @functools.lru_cache(maxsize=1)
 def voc_colormap2label() -> torch.Tensor:
     """d2l's lookup table from a packed RGB colour to a class id: int64, 256**3 entries (128 MiB).

@@ -11,25 +11,15 @@ little, hence the tolerance.
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from segbook.results import load_results
 
-SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "ccnet_compare.py"
-
-
-def _experiment():
-    spec = importlib.util.spec_from_file_location("ccnet_compare", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _experiments import load_experiment
 
 
 def test_stored_rows_are_whole():
-    results, experiment = load_results("ccnet_compare"), _experiment()
+    results, experiment = load_results("ccnet_compare"), load_experiment("ccnet_compare")
     runs, settings = results["runs"], results["settings"]
     seeds = sorted({r["seed"] for r in runs})
     assert seeds and sorted((r["model"], r["seed"]) for r in runs) == sorted(
@@ -44,7 +34,7 @@ def test_stored_rows_are_whole():
 
 
 def test_check_run_reproduces():
-    results, experiment = load_results("ccnet_compare"), _experiment()
+    results, experiment = load_results("ccnet_compare"), load_experiment("ccnet_compare")
     stored = results["check"]
     assert (stored["model"], stored["seed"], stored["epochs"]) == tuple(experiment.CHECK.values())
     row = experiment.run(stored["model"], stored["seed"], stored["epochs"])

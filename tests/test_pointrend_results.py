@@ -10,22 +10,13 @@ by a little, hence the tolerance.
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from segbook.results import load_results
 
-SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "pointrend_compare.py"
+from _experiments import load_experiment
+
 SCORES = ("val_miou", "val_boundary_miou", "coarse_miou", "coarse_boundary_miou")
-
-
-def _experiment():
-    spec = importlib.util.spec_from_file_location("pointrend_compare", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_stored_rows_are_whole():
@@ -38,14 +29,14 @@ def test_stored_rows_are_whole():
         wanted = SCORES if r["model"] == "pointrend" else SCORES[:2]
         assert all(0 < r[key] < 1 for key in wanted), r
         assert r["train_loss"] < r["first_train_loss"], r
-    experiment = _experiment()
+    experiment = load_experiment("pointrend_compare")
     assert settings == {**experiment.QUICK, "epochs": settings["epochs"], "threads": settings["threads"],
                         **experiment.MODEL, **experiment.POINTS} | {"crop_size": list(experiment.QUICK["crop_size"])}
 
 
 def test_check_run_reproduces():
     results = load_results("pointrend_compare")
-    stored, experiment = results["check"], _experiment()
+    stored, experiment = results["check"], load_experiment("pointrend_compare")
     assert (stored["model"], stored["seed"], stored["epochs"]) == tuple(experiment.CHECK.values())
     row = experiment.run(stored["model"], stored["seed"], stored["epochs"])
     for key in SCORES:

@@ -1,0 +1,111 @@
+"""Receptive fields: how much of the image one output cell can see, and how much it uses.
+
+The *theoretical* receptive field is every input pixel that can change a cell.
+Along a chain of layers with kernel ``k``, stride ``s`` and dilation ``d`` it
+grows by the recurrence ``r <- r + (k - 1) d j`` and ``j <- j s``, where ``j``
+(the *jump*) is the distance in input pixels between neighbouring cells of the
+current map; it starts at ``r = j = 1``. A residual network's widest path is its
+chain of main-branch convolutions (a shortcut only skips layers), so the chain
+``conv1, maxpool, every block's convs in order`` gives the field of a ResNet.
+
+The *effective* receptive field (Luo et al., 2016) is the part that matters:
+the gradient of one output with respect to the input. It is concentrated near
+the centre and falls off roughly like a Gaussian, far inside the theoretical
+square, which is why PSPNet (Zhao et al., 2017) adds explicitly global features
+instead of trusting depth to bring the whole image in.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from segbook.sizes import as_pair
+
+__all__ = ["effective_receptive_field", "receptive_field", "resnet_path", "square_holding"]
+
+
+def _geometry(layer: nn.Module) -> tuple[int, int, int]:
+    """``(kernel, stride, dilation)`` of a square conv or pool, along one axis."""
+    if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+        kernel = as_pair(layer.kernel_size, "kernel_size")
+        stride = as_pair(layer.stride, "stride")
+        dilation = as_pair(getattr(layer, "dilation", 1), "dilation")
+        if kernel[0] != kernel[1] or stride[0] != stride[1] or dilation[0] != dilation[1]:
+            raise ValueError(f"{layer} is not square; receptive_field handles square layers only.")
+        return kernel[0], stride[0], dilation[0]
+    raise TypeError(f"receptive_field takes Conv2d, MaxPool2d and AvgPool2d layers, got {type(layer).__name__}.")
+
+
+def receptive_field(layers: Iterable[nn.Module]) -> tuple[int, int]:
+    """``(size, jump)`` in input pixels after a chain of convs and pools, applied in order.
+
+    ``size`` is the side of the square of input pixels that can reach one output
+    cell; ``jump`` is the spacing of the output cells in input pixels (the output
+    stride). Padding does not enter: it moves the field, it does not widen it.
+    """
+    size, jump = 1, 1
+    for layer in layers:
+        kernel, stride, dilation = _geometry(layer)
+        size += (kernel - 1) * dilation * jump  # the kernel's reach, in this map's cells, in input pixels
+        jump *= stride
+    return size, jump
+
+
+def resnet_path(backbone: nn.Module, stage: str = "layer4") -> list[nn.Module]:
+    """The layers on a ResNet's widest path up to ``stage``: stem conv, max pool, each block's convs.
+
+    ``backbone`` is a torchvision ResNet or a :class:`~segbook.models.ResNetBackbone`
+    (same attribute names). The 1x1 ``downsample`` convs of the shortcuts are left
+    out: a shortcut reaches no further than the block's own convolutions.
+    """
+    path = [backbone.conv1, backbone.maxpool]
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        for block in getattr(backbone, name):
+            path += [m for n, m in block.named_children() if n.startswith("conv")]
+        if name == stage:
+            return path
+    raise ValueError(f"stage={stage!r}: use layer1, layer2, layer3 or layer4.")
+
+
+def effective_receptive_field(model: nn.Module, images: Tensor, output: str = "out") -> Tensor:
+    """Mean ``|d logit / d input|`` over images and input channels, for the centre pixel's logits.
+
+    ``model(images)[output]`` is ``(B, K, H, W)``; the summed ``K`` logits at the
+    centre pixel ``(H // 2, W // 2)`` of each image are backpropagated to the
+    input. Returns an ``(H, W)`` map (input-sized) that sums to one. The model is
+    run as it is (call ``.eval()`` first to freeze BatchNorm and dropout); its
+    parameters' gradients are left untouched.
+    """
+    images = images.detach().clone().requires_grad_(True)         # (B, 3, H, W)
+    logits = model(images)[output]                                # (B, K, h, w)
+    height, width = logits.shape[-2:]
+    centre = logits[:, :, height // 2, width // 2].sum()
+    (grad,) = torch.autograd.grad(centre, images)                 # (B, 3, H, W)
+    field = grad.abs().sum(1).mean(0)                             # (H, W)
+    total = field.sum()
+    if total == 0:
+        raise ValueError("the centre logits do not depend on the input at all (a dead network?).")
+    return field / total
+
+
+def square_holding(field: Tensor, fraction: float = 0.9) -> int:
+    """Side of the smallest square centred on ``field``'s centre pixel that holds ``fraction`` of its sum.
+
+    ``field`` is ``(H, W)`` and non-negative (an :func:`effective_receptive_field`).
+    Squares have odd sides ``1, 3, 5, ...`` around ``(H // 2, W // 2)``, clipped at
+    the borders; if even the whole map is not enough (impossible for a map that
+    sums to one), the largest side is returned.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+    if field.dim() != 2 or (field < 0).any():
+        raise ValueError("square_holding needs a non-negative (H, W) map.")
+    height, width = field.shape
+    row, col, total = height // 2, width // 2, field.sum()
+    for half in range(max(height, width)):
+        inside = field[max(0, row - half):row + half + 1, max(0, col - half):col + half + 1].sum()
+        if inside >= fraction * total * (1 - 1e-6):
+            return 2 * half + 1
+    return 2 * max(height, width) - 1

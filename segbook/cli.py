@@ -8,15 +8,18 @@ epoch, and every message names what to change.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from . import data
 from .checkpoints import ConfigMismatch
+from .distributed import torchrun_env
 from .env import get_device, seed_everything, short_path
 from .evaluation import evaluate
 from .train import TrainingDiverged, fit
@@ -88,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="data loader workers (default: 0 on 1-2 CPU cores, else up to 4)")
     add("--seed", type=int, default=0, help="seeds the model's initialisation, shuffling and augmentation; "
                                             "the same command gives the same run on a CPU (default: 0)")
+    add("--sync-batchnorm", action="store_true",
+        help="under torchrun on GPUs: BatchNorm statistics over the whole global batch (default: per process)")
     add("--no-progress", action="store_true",
         help="no progress bars, the label check's and the final evaluation's included "
              "(default: bars unless TQDM_DISABLE or CI is set)")
@@ -122,19 +127,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     toy = data.is_toy_voc(voc_dir)
     model = _build_model(args, data.NUM_CLASSES, real_voc=not toy)
     checkpoint_dir = Path(args.checkpoint_dir or Path("checkpoints") / args.model)
-    print(f"model {args.model} | data {'toy VOC' if toy else 'VOC2012'} ({len(train_loader.dataset)} train, "
-          f"{len(val_loader.dataset)} val) | device {device.type} | checkpoints {short_path(checkpoint_dir)}")
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone speaks
+    say = print if main_process else (lambda *a, **k: None)
+    processes = int(os.environ.get("WORLD_SIZE", "1")) if torchrun_env() else 1
+    say(f"model {args.model} | data {'toy VOC' if toy else 'VOC2012'} ({len(train_loader.dataset)} train, "
+        f"{len(val_loader.dataset)} val) | device {device.type} | checkpoints {short_path(checkpoint_dir)}"
+        + (f" | {processes} processes, batch {args.batch_size} each" if processes > 1 else ""))
     began = time.perf_counter()
     try:
         fit(model, train_loader, val_loader, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
             weight_decay=args.weight_decay, aux_weights={"aux": args.aux_weight}, device=device,
             num_classes=data.NUM_CLASSES, amp={"auto": None, "off": False}.get(args.amp, args.amp),
             checkpoint_dir=checkpoint_dir, resume=args.resume, seed=args.seed, run_config=_run_config(args, toy),
-            live_plot=False, progress=progress)
+            live_plot=False, progress=progress, log=say, sync_batchnorm=args.sync_batchnorm)
     except KeyboardInterrupt:  # fit has said what was saved
         return INTERRUPTED
     except (ConfigMismatch, TrainingDiverged) as err:
         return _fail(err)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if not main_process:
+        return 0
     print(f"trained in {time.perf_counter() - began:.0f} s")
     result = evaluate(model, val_loader, num_classes=data.NUM_CLASSES, aux_weights={"aux": args.aux_weight},
                       progress=progress)
@@ -165,7 +179,8 @@ def _dataset_dir(args, parser: argparse.ArgumentParser) -> Path:
     else:
         voc = data.get_voc_dir(args.source, verbose=False)
     kind = "the generated toy VOC set" if data.is_toy_voc(voc) else "Pascal VOC2012"
-    print(f"dataset: {kind} at {short_path(voc)}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        print(f"dataset: {kind} at {short_path(voc)}")
     return voc
 
 

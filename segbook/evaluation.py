@@ -52,7 +52,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str |
              num_classes: int | None = None, aux_weights: Mapping[str, float] | None = None,
              loss_fn: LossFn | None = None, amp: bool | str | torch.dtype | None = None,
              channels_last: bool | None = None, progress: bool | None = None,
-             ignore_index: int = IGNORE_INDEX, per_image: bool = True) -> dict:
+             ignore_index: int = IGNORE_INDEX, per_image: bool = True, reduce: bool = False) -> dict:
     """Loss, pixel accuracy, per-class IoU and mIoU of ``model`` over ``loader``, one image per forward pass.
 
     Scores come from one confusion matrix over the whole set (the VOC
@@ -65,6 +65,10 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str |
     "pixel_acc", "miou", "iou", "confusion"}`` (``iou`` a list of floats, NaN
     for a class in neither target nor prediction; ``confusion`` the
     :class:`~segbook.metrics.ConfusionMatrix`).
+
+    ``reduce=True``, inside a ``torch.distributed`` process group, sums the
+    counts and the loss of every process before scoring: each process passes
+    its own share of the validation set, and all get the scores of the whole.
     """
     if device is not None:
         model.to(device)
@@ -93,6 +97,14 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str |
                     pixels += counted
     finally:
         model.train(was_training)
+    if reduce and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if confusion is None:
+            raise ValueError("this process's share of the validation set is empty: pass num_classes, or use "
+                             "fewer processes than validation images.")
+        confusion.all_reduce()
+        totals = torch.stack([loss_sum, torch.as_tensor(float(pixels), dtype=torch.float64, device=device)])
+        torch.distributed.all_reduce(totals)
+        loss_sum, pixels = totals[0], totals[1]
     if confusion is None:
         raise ValueError("the validation loader yielded no batches; check the split file and the loader's length.")
     pixels = int(pixels)

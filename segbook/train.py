@@ -27,7 +27,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import DistributedSampler
 
+from .distributed import Distributed, init_distributed, shard_train_loader, shard_val_loader, wrap_model
 from .checkpoints import (atomic_save, checkpoint_state, load_checkpoint, remove_stale_temporaries, resume,
                           save_checkpoint)
 from .env import get_device, seed_everything, short_path
@@ -85,7 +87,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
         amp: bool | str | torch.dtype | None = None, channels_last: bool | None = None,
         checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, seed: int = 0,
         run_config: Mapping | None = None, live_plot: bool | None = None, progress: bool | None = None,
-        log: Callable[[str], object] | None = print) -> list[dict]:
+        log: Callable[[str], object] | None = print, sync_batchnorm: bool = False) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs, validating after each; returns one dict per epoch.
 
     Each dict holds ``epoch``, ``train_loss``, ``val_loss``, ``val_pixel_acc``,
@@ -120,18 +122,33 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
     bars (default: unless ``TQDM_DISABLE`` or ``CI`` is set); ``live_plot``
     redraws loss and mIoU in a notebook (default: only in one); ``log`` gets
     one line per epoch (``None`` for silence).
+
+    Under ``torchrun`` (or inside a process group made by the caller) ``fit``
+    trains on every process at once (see :mod:`segbook.distributed`):
+    DistributedDataParallel, each process its share of every batch (the
+    loader's batch size is per process), validation split across processes
+    and summed, and logs, bars, live plots and checkpoints on rank 0 only;
+    ``sync_batchnorm=True`` (CUDA) computes BatchNorm statistics over the
+    whole global batch. Resuming works the same way.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}.")
     if schedule not in ("poly", None):
         raise ValueError(f"schedule={schedule!r}: use 'poly' or None (a fixed learning rate).")
-    steps_per_epoch = _length(train_loader)
-    say = log or (lambda line: None)
+    _length(train_loader)
     device = torch.device(device) if device is not None else get_device()
+    group = init_distributed(device)
+    if group is not None and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", group.local_rank)  # one GPU per process
+    main = group is None or group.is_main
+    say = log if log is not None and main else (lambda line: None)
     amp_dtype = _amp_dtype(amp, device)
     channels_last = device.type == "cuda" if channels_last is None else bool(channels_last)
-    progress = progress_on(progress)
+    progress = progress_on(progress) and main
     _seed(seed, train_loader)
+    loader = shard_train_loader(train_loader, group, seed) if group is not None else train_loader
+    val_loader = shard_val_loader(val_loader, group) if group is not None else val_loader
+    steps_per_epoch = _length(loader)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = optimizer or torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
                                              momentum=momentum, weight_decay=weight_decay)
@@ -151,15 +168,19 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
         history, best_miou, start = _resume(last, model, optimizer, scheduler, scaler, train_loader, epochs,
                                             config, say)
     kept_epoch = history[-1]["epoch"] if history and last is not None and last.is_file() else None
+    last, best = (last, best) if main else (None, None)  # only rank 0 writes
+    net = wrap_model(model, group, device, sync_batchnorm) if group is not None else model
 
-    plot = LivePlot(live_plot)
+    plot = LivePlot(live_plot if main else False)
     for epoch in range(start, epochs + 1):
         began, lr_now = time.perf_counter(), optimizer.param_groups[0]["lr"]
+        if isinstance(getattr(loader, "sampler", None), DistributedSampler):
+            loader.sampler.set_epoch(epoch)  # a new order each epoch, the same in every process
         try:
-            stats = _train_one_epoch(model, train_loader, optimizer, scheduler, scaler, loss_fn, device, amp_dtype,
-                                     channels_last, progress, desc=f"epoch {epoch}/{epochs}")
+            stats = _train_one_epoch(net, loader, optimizer, scheduler, scaler, loss_fn, device, amp_dtype,
+                                     channels_last, progress, desc=f"epoch {epoch}/{epochs}", group=group)
             val = evaluate(model, val_loader, num_classes=num_classes, loss_fn=loss_fn, amp=amp_dtype or False,
-                           channels_last=channels_last, progress=progress)
+                           channels_last=channels_last, progress=progress, reduce=group is not None)
         except _NonFinite as bad:
             message = _diverged_message(epoch, bad.step, steps_per_epoch, bad.value,
                                         optimizer.param_groups[0]["lr"], amp_dtype, last, kept_epoch)
@@ -249,8 +270,13 @@ class _NonFinite(Exception):
 
 def _train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler, scaler,
                      loss_fn: LossFn, device: torch.device, amp_dtype: torch.dtype | None, channels_last: bool,
-                     progress: bool, desc: str) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean total loss and the mean of each head's loss."""
+                     progress: bool, desc: str, group: Distributed | None = None) -> dict[str, float]:
+    """One pass over ``loader``; returns the mean total loss and the mean of each head's loss.
+
+    With several processes the means are over all of them, and a non-finite
+    loss in any process stops every process at the same step (one stopping
+    alone would leave the others waiting for its gradients forever).
+    """
     model.train()
     total, steps, part_sums = 0.0, 0, {}
     bar = progress_bar(loader, enabled=progress, desc=desc)
@@ -259,6 +285,8 @@ def _train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss, parts = call_loss(loss_fn, model(images), masks)
         value = loss.item()  # one sync per step: the price of stopping at the step that diverged
+        if group is not None:
+            value = _mean_over_processes(value, device)  # NaN anywhere makes the mean NaN everywhere
         if not math.isfinite(value):
             raise _NonFinite(step, value)
         optimizer.zero_grad(set_to_none=True)
@@ -280,7 +308,15 @@ def _train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.
     stats = {"train_loss": total / steps}
     if len(part_sums) > 1:  # with one head the part is the total itself
         stats.update({f"train_loss_{key}": float(value) / steps for key, value in part_sums.items()})
+        if group is not None:
+            stats.update({key: _mean_over_processes(v, device) for key, v in stats.items() if key != "train_loss"})
     return stats
+
+
+def _mean_over_processes(value: float, device: torch.device) -> float:
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(total)
+    return total.item() / torch.distributed.get_world_size()
 
 
 def _diverged_message(epoch: int, step: int, steps: int, value: float, lr: float, amp_dtype, last: Path | None,

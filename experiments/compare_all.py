@@ -1,0 +1,144 @@
+"""Every model of the book on one quick schedule and seed: chapter 7's table, and what each costs.
+
+Seven models, all on a ResNet-18 built through ``build_model`` (``MODELS``),
+are trained with :func:`segbook.train.fit` on the toy VOC set with chapter 3's
+quick settings (96 x 128 crops, batch 8, three epochs, SGD at 0.01 with the
+poly decay, seed 0) and scored on the whole validation images: mIoU and the
+boundary mIoU of chapter 6 (the same scoring as ``pointrend_compare.py``).
+
+Costs are measured side by side in the same run, each model once per
+interleaved repeat so that a slow spell of a shared machine hits all alike:
+
+* CPU latency: one forward pass of a 1 x 3 x 256 x 256 image in eval mode,
+  median of ``--repeats``; reported as a ratio to FCN-32s (absolute times are
+  this machine's);
+* peak training memory: what one forward + backward step of a batch of two
+  256 x 256 crops allocates beyond the weights (``benchmarks/memory.py``).
+
+It writes ``segbook/results/compare_all.json`` (package data, loaded by chapter
+7) with one ``check`` row (FCN-32s, one epoch) that the tests repeat. About four
+minutes on two quiet CPU cores.
+
+    python experiments/compare_all.py [--seed 0] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "benchmarks")]
+from memory import peak_bytes  # noqa: E402  benchmarks/memory.py: one way to measure peak memory
+from pointrend_compare import score  # noqa: E402  mIoU and boundary mIoU over whole images
+
+from segbook import seed_everything  # noqa: E402
+from segbook.data import NUM_CLASSES, load_voc  # noqa: E402
+from segbook.models import build_model  # noqa: E402
+from segbook.models.pointrend import point_loss  # noqa: E402
+from segbook.train import fit, segmentation_loss  # noqa: E402
+
+RESULTS = HERE.parent / "segbook" / "results" / "compare_all.json"  # shipped
+QUICK = dict(crop_size=(96, 128), batch_size=8, epochs=3, lr=0.01)  # chapter 3's quick profile
+DEEPLAB = dict(output_stride=16, aspp_channels=64, decoder_channels=64)  # chapter 6's quick DeepLabV3+
+MODELS = {  # name in the table: (registered model, keywords); every one on a ResNet-18
+    "FCN-32s": ("fcn", {}),
+    "FCN-8s": ("fcn8s", {}),
+    "dilated FCN": ("pspnet", {"pool_sizes": [], "output_stride": 8}),
+    "PSPNet": ("pspnet", {"output_stride": 8}),
+    "CCNet": ("ccnet", {"output_stride": 8, "recurrence": 2}),
+    "DeepLabV3+": ("deeplabv3plus", DEEPLAB),
+    "DeepLabV3+ & PointRend": ("pointrend", {**DEEPLAB, "point_channels": 64, "num_points": 256,
+                                             "subdivision_num_points": 1024}),
+}
+CHECK = dict(model="FCN-32s", seed=0, epochs=1)  # the run the tests repeat: about 10 s
+COST_SIZE = 256
+
+
+def build(label: str) -> torch.nn.Module:
+    name, extra = MODELS[label]
+    return build_model(name, num_classes=NUM_CLASSES, backbone="resnet18", **extra)
+
+
+def run(label: str, seed: int, epochs: int) -> dict:
+    """Train one model with the quick settings and ``seed``; its scores as a row."""
+    train_loader, val_loader = load_voc(QUICK["batch_size"], QUICK["crop_size"], source="toy", seed=seed,
+                                        verbose=False)
+    seed_everything(seed)
+    model = build(label)
+    began = time.perf_counter()
+    history = fit(model, train_loader, val_loader, epochs=epochs, lr=QUICK["lr"], device="cpu",
+                  num_classes=NUM_CLASSES, seed=seed, live_plot=False, progress=False, log=None,
+                  loss_fn=point_loss if MODELS[label][0] == "pointrend" else None)
+    seconds = time.perf_counter() - began
+    scores = score(model, val_loader.dataset)
+    return {"model": label, "seed": seed, "epochs": epochs, **scores,
+            "val_pixel_acc": round(history[-1]["val_pixel_acc"], 4),
+            "first_train_loss": round(history[0]["train_loss"], 4),
+            "train_loss": round(history[-1]["train_loss"], 4), "train_seconds": round(seconds, 1)}
+
+
+def costs(repeats: int) -> dict:
+    """Median CPU latency and peak training-step memory of every model, measured interleaved."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(1, 3, COST_SIZE, COST_SIZE, generator=g)               # (1, 3, H, W)
+    crops = torch.randn(2, 3, COST_SIZE, COST_SIZE, generator=g)               # (2, 3, H, W)
+    target = torch.randint(0, NUM_CLASSES, (2, COST_SIZE, COST_SIZE), generator=g)  # (2, H, W)
+    models = {label: build(label) for label in MODELS}
+    times = {label: [] for label in MODELS}
+    memory = {}
+    for label, model in models.items():
+        loss_fn = point_loss if MODELS[label][0] == "pointrend" else segmentation_loss
+
+        def step(model=model, loss_fn=loss_fn) -> None:
+            model.train().zero_grad(set_to_none=False)
+            loss_fn(model(crops), target)[0].backward()
+        step()  # allocates the gradients, which then count as weights
+        memory[label] = peak_bytes(step, torch.device("cpu"))[1]  # (before a MARK, overall)
+    with torch.no_grad():
+        for label, model in models.items():
+            model.eval()(image)  # warm-up
+        for r in range(repeats):
+            order = list(models)[r % len(models):] + list(models)[:r % len(models)]  # rotate the order
+            for label in order:
+                began = time.perf_counter()
+                models[label](image)
+                times[label].append(time.perf_counter() - began)
+    latency = {label: statistics.median(t) for label, t in times.items()}
+    return {label: {"latency_ratio": round(latency[label] / latency["FCN-32s"], 3),
+                    "latency_ms": round(1e3 * latency[label], 1),
+                    "train_step_mb": round(memory[label] / 2**20, 1)} for label in MODELS}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=QUICK["epochs"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for label in MODELS:
+        rows.append(run(label, args.seed, args.epochs))
+        print(json.dumps(rows[-1]), flush=True)
+    check = run(CHECK["model"], CHECK["seed"], CHECK["epochs"])
+    measured = costs(args.repeats)
+    print(json.dumps(measured, indent=1))
+    RESULTS.write_text(json.dumps({
+        "settings": {**QUICK, "epochs": args.epochs, "seed": args.seed, "threads": args.threads,
+                     "cost_size": COST_SIZE, "repeats": args.repeats},
+        "models": {label: [name, extra] for label, (name, extra) in MODELS.items()},
+        "torch": torch.__version__, "machine": platform.machine(), "cpus": torch.get_num_threads(),
+        "runs": rows, "costs": measured, "check": check}, indent=1) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -16,8 +16,8 @@ interleaved repeat so that a slow spell of a shared machine hits all alike:
   256 x 256 crops allocates beyond the weights (``benchmarks/memory.py``).
 
 It writes ``segbook/results/compare_all.json`` (package data, loaded by chapter
-7) with one ``check`` row (FCN-32s, one epoch) that the tests repeat. About four
-minutes on two quiet CPU cores.
+7) with one ``check`` row (FCN-32s, one epoch) that the tests repeat. About seven
+minutes on two quiet CPU cores (six of them training).
 
     python experiments/compare_all.py [--seed 0] [--repeats 5]
 """

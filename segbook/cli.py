@@ -19,7 +19,7 @@ from torch import nn
 
 from . import data
 from .checkpoints import ConfigMismatch
-from .distributed import torchrun_env
+from .distributed import init_distributed, torchrun_env
 from .env import get_device, seed_everything, short_path
 from .evaluation import evaluate
 from .train import TrainingDiverged, fit
@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=0, help="seeds the model's initialisation, shuffling and augmentation; "
                                             "the same command gives the same run on a CPU (default: 0)")
     add("--sync-batchnorm", action="store_true",
-        help="under torchrun on GPUs: BatchNorm statistics over the whole global batch (default: per process)")
+        help="under torchrun on GPUs: BatchNorm statistics over the whole global batch (default: per "
+             "process); ignored by a single process")
     add("--no-progress", action="store_true",
         help="no progress bars, the label check's and the final evaluation's included "
              "(default: bars unless TQDM_DISABLE or CI is set)")
@@ -111,7 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = get_device(args.device, given_as="--device")
     except (RuntimeError, ValueError) as err:
         parser.error(str(err))
+    group = init_distributed(device)  # under torchrun: join the group now, to download once
+    if group is not None and group.local_rank != 0:
+        torch.distributed.barrier()  # wait for this machine's first process to find or fetch the data
     voc_dir = _dataset_dir(args, parser)
+    if group is not None and group.local_rank == 0:
+        torch.distributed.barrier()
     progress = False if args.no_progress else None
     seed_everything(args.seed)  # before the model is built: its initial weights come from this seed
     try:

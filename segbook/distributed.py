@@ -1,17 +1,19 @@
 """Training on several processes: what ``fit`` does differently under ``torchrun``.
 
-``torchrun --nproc_per_node=N`` starts N copies of a script and gives each the
-environment variables ``RANK`` (0..N-1 over all machines), ``WORLD_SIZE`` (N
-times the number of machines) and ``LOCAL_RANK`` (the GPU index on its own
-machine), plus ``MASTER_ADDR``/``MASTER_PORT`` for the rendezvous. ``fit`` reads
+``torchrun --nproc_per_node=N`` starts N copies of a script on each machine and
+gives each the environment variables ``WORLD_SIZE`` (N times the number of
+machines), ``RANK`` (0 to ``WORLD_SIZE - 1`` over all machines) and
+``LOCAL_RANK`` (the GPU index on its own machine), plus ``MASTER_ADDR`` and
+``MASTER_PORT`` for the rendezvous. ``fit`` reads
 them (:func:`init_distributed`) and then:
 
 * wraps the model in ``DistributedDataParallel``, which averages the gradients
   of all processes after every backward pass, so each process holds the same
   weights at every step;
-* gives each process its own share of every training batch (:func:`shard_train_loader`):
-  the batch size of a loader is *per process*, as everywhere in PyTorch, so N
-  processes train with a batch N times larger;
+* gives each process its own share of the training set (:func:`shard_train_loader`);
+  at every step each process takes a batch of the loader's batch size from its
+  share, so the batch size is *per process*, as everywhere in PyTorch, and N
+  processes train with a global batch N times larger;
 * validates each process on every N-th image and adds up the confusion matrices
   (:meth:`~segbook.metrics.ConfusionMatrix.all_reduce`), so the scores are those
   of the whole validation set, computed N times faster;

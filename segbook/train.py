@@ -125,8 +125,9 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
 
     Under ``torchrun`` (or inside a process group made by the caller) ``fit``
     trains on every process at once (see :mod:`segbook.distributed`):
-    DistributedDataParallel, each process its share of every batch (the
-    loader's batch size is per process), validation split across processes
+    DistributedDataParallel, each process its own share of the training set
+    and a batch of the loader's size from it at every step (the batch size is
+    per process, the global batch N times larger), validation split across processes
     and summed, and logs, bars, live plots and checkpoints on rank 0 only;
     ``sync_batchnorm=True`` (CUDA) computes BatchNorm statistics over the
     whole global batch. Resuming works the same way.
@@ -179,6 +180,8 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
         try:
             stats = _train_one_epoch(net, loader, optimizer, scheduler, scaler, loss_fn, device, amp_dtype,
                                      channels_last, progress, desc=f"epoch {epoch}/{epochs}", group=group)
+            if group is not None:
+                _share_buffers(model)  # every process scores with rank 0's BatchNorm statistics
             val = evaluate(model, val_loader, num_classes=num_classes, loss_fn=loss_fn, amp=amp_dtype or False,
                            channels_last=channels_last, progress=progress, reduce=group is not None)
         except _NonFinite as bad:
@@ -311,6 +314,17 @@ def _train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.
         if group is not None:
             stats.update({key: _mean_over_processes(v, device) for key, v in stats.items() if key != "train_loss"})
     return stats
+
+
+def _share_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm's running statistics) to every process.
+
+    DDP broadcasts them at the start of each training forward, so after an
+    epoch's last step every process holds statistics from its own share of that
+    step; validation and the checkpoint must all use the same model, rank 0's.
+    """
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer, src=0)
 
 
 def _mean_over_processes(value: float, device: torch.device) -> float:

@@ -136,7 +136,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
         raise ValueError(f"epochs must be a positive int, got {epochs!r}.")
     if schedule not in ("poly", None):
         raise ValueError(f"schedule={schedule!r}: use 'poly' or None (a fixed learning rate).")
-    _length(train_loader)
+    _length(train_loader)  # fails early, with a clear message, for a loader without a length
     device = torch.device(device) if device is not None else get_device()
     group = init_distributed(device)
     if group is not None and device.type == "cuda" and device.index is None:

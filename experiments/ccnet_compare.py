@@ -57,6 +57,11 @@ def run(label: str, seed: int, epochs: int) -> dict:
     return row
 
 
+def run_check(seed: int = CHECK["seed"]) -> dict:
+    """``CHECK``, the cheap run that tests/test_ccnet_results.py repeats (``check_spread.py``)."""
+    return run(CHECK["model"], seed, CHECK["epochs"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])

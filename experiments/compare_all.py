@@ -84,6 +84,11 @@ def run(label: str, seed: int, epochs: int) -> dict:
             "train_loss": round(history[-1]["train_loss"], 4), "train_seconds": round(seconds, 1)}
 
 
+def run_check(seed: int = CHECK["seed"]) -> dict:
+    """``CHECK``, the cheap run that tests/test_compare_all_results.py repeats (``check_spread.py``)."""
+    return run(CHECK["model"], seed, CHECK["epochs"])
+
+
 def costs(repeats: int) -> dict:
     """Median CPU latency and peak training-step memory of every model, measured interleaved."""
     g = torch.Generator().manual_seed(0)

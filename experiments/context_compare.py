@@ -80,7 +80,7 @@ MODELS = {
     "pspnet": {"pool_sizes": (1, 2, 3, 6), "aux": True},        # the paper's pyramid and auxiliary loss
     "pspnet-no-aux": {"pool_sizes": (1, 2, 3, 6), "aux": False},
 }
-CHECK = {"model": "pspnet", "seed": 0, "epochs": 2}  # the cheap run the tests repeat
+CHECK = {"model": "pspnet", "seed": 0, "epochs": 1}  # the cheap run the tests repeat: see check_spread.py
 LABELS = (0, CAR, BOAT)  # rows of the stored confusion counts: background, car, boat
 
 
@@ -112,6 +112,12 @@ def run(settings: dict, name: str, seed: int, epochs: int | None = None) -> dict
             **{k: round(v, 4) for k, v in scores(matrix).items()}, "counts": counts,
             "first_train_loss": round(history[0]["train_loss"], 4),
             "train_loss": round(history[-1]["train_loss"], 4), "seconds": round(seconds, 1)}
+
+
+def run_check(seed: int = CHECK["seed"]) -> dict:
+    """``CHECK`` with the stored settings: the cheap run that tests/test_context_results.py repeats."""
+    settings = json.loads(RESULTS.read_text())["settings"]
+    return run(settings, CHECK["model"], seed, CHECK["epochs"])
 
 
 def summary(rows: list[dict]) -> dict:

@@ -1,6 +1,8 @@
-"""Load a script from the repository's experiments/ folder as a module, for the stored-results tests."""
+"""Load a script from the repository's experiments/ folder, and re-check a stored result's check run."""
 import importlib.util
 from pathlib import Path
+
+import pytest
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -11,3 +13,16 @@ def load_experiment(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def assert_check_reproduces(name: str, keys: tuple[str, ...] = ("first_train_loss",)) -> dict:
+    """Re-run ``experiments/<name>.py``'s check and compare ``keys`` with the stored row."""
+    from segbook.results import load_results, reproduction_tolerance
+
+    results, experiment = load_results(name), load_experiment(name)
+    stored = results["check"]
+    assert {k: stored[k] for k in experiment.CHECK} == experiment.CHECK, "the stored check is another run"
+    row = experiment.run_check()
+    for key in keys:
+        assert row[key] == pytest.approx(stored[key], abs=reproduction_tolerance(results, key)), key
+    return row

@@ -4,9 +4,10 @@ Chapter 7 loads the scores and costs of seven models trained by
 ``experiments/compare_all.py`` (seven minutes on two cores) instead of training
 them. These tests check that the file holds a row for every model the script
 defines, with the costs the chapter prints, and re-run its check configuration
-(FCN-32s, seed 0, one epoch, about 10 s) with the script's own code. On the
-machine that wrote the file the run is identical; elsewhere the order of
-floating-point sums differs, hence the tolerance.
+(FCN-32s, seed 0, one epoch, about 10 s) with the script's own code. What the
+re-run compares, and how closely, comes from the spread stored beside the
+check row (``_experiments.tolerance``): after one epoch the validation scores
+already differ between CPUs, the epoch's mean training loss does not.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from segbook.results import load_results
 
-from _experiments import load_experiment
+from _experiments import assert_check_reproduces, load_experiment
 
 
 def test_stored_rows_are_whole():
@@ -31,10 +32,4 @@ def test_stored_rows_are_whole():
 
 
 def test_check_run_reproduces():
-    results, experiment = load_results("compare_all"), load_experiment("compare_all")
-    stored = results["check"]
-    assert (stored["model"], stored["seed"], stored["epochs"]) == tuple(experiment.CHECK.values())
-    row = experiment.run(stored["model"], stored["seed"], stored["epochs"])
-    for key in ("val_miou", "val_boundary_miou", "val_pixel_acc"):
-        assert row[key] == pytest.approx(stored[key], abs=0.03), key
-    assert row["train_loss"] == pytest.approx(stored["train_loss"], rel=0.05)
+    assert_check_reproduces("compare_all")

@@ -45,6 +45,8 @@ CONFIGS: dict[str, tuple[dict[str, str], str]] = {
                 "an AVX2 laptop or cloud VM without AVX-512, two threads"),
     "sse41-4t": ({"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "OMP_NUM_THREADS": "4"},
                  "SSE4.1 convolutions, four threads on two cores"),
+    "onednn-avx2-2t": ({"ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "2"},
+                       "AVX2 convolutions beside this machine's ATen kernels, two threads"),
 }
 
 # The chapters and every test that re-runs a stored result.
@@ -84,16 +86,19 @@ def main() -> int:
     parser.add_argument("--log-dir", type=Path, help="write each configuration's full pytest output here")
     args, extra = parser.parse_known_args()
     if args.list:
-        for name, (variables, what) in CONFIGS.items():
-            print(f"{name:11s} {' '.join(f'{k}={v}' for k, v in variables.items()) or '(nothing set)':62s} {what}")
+        settings = {name: " ".join(f"{k}={v}" for k, v in variables.items()) or "(nothing set)"
+                    for name, (variables, _) in CONFIGS.items()}
+        width = max(map(len, settings.values()))
+        for name, (_, what) in CONFIGS.items():
+            print(f"{name:15s} {settings[name]:{width}s}  {what}")
         return 0
     names = args.config or [n for n in CONFIGS if n != "default"]
     paths = args.paths or [p for p in DEFAULT_PATHS if (ROOT / p).exists()]
-    print(f"{'configuration':14s} {'result':7s} {'seconds':>8s}  pytest", flush=True)
+    print(f"{'configuration':15s} {'result':7s} {'seconds':>8s}  pytest", flush=True)
     failed = []
     for name in names:
         ok, line, seconds, output = run(name, paths, extra)
-        print(f"{name:14s} {'passed' if ok else 'FAILED':7s} {seconds:8.0f}  {line}", flush=True)
+        print(f"{name:15s} {'passed' if ok else 'FAILED':7s} {seconds:8.0f}  {line}", flush=True)
         if args.log_dir:
             args.log_dir.mkdir(parents=True, exist_ok=True)
             (args.log_dir / f"{name}.log").write_text(output)

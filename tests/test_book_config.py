@@ -146,6 +146,30 @@ def test_bibliography_labels_are_author_year():
     assert all(label.split(", ")[-1][:4].isdigit() for label in labels.values()), labels
 
 
+def test_inline_code_gets_break_hints_only_where_a_reader_expects_them():
+    """A path breaks after a slash, a dotted name before a dot; never inside a suffix."""
+    ext = _load("segbook_sphinx", ROOT / "book" / "_ext" / "segbook_sphinx.py")
+
+    def hints(word: str) -> str:
+        html = ext.add_break_hints(f'<code class="docutils literal notranslate">'
+                                   f'<span class="pre">{word}</span></code>')
+        return html.split('"pre">')[1].split("</span>")[0].replace("<wbr>", "|")
+
+    assert hints("ImageSets/Segmentation/{train,val,trainval}.txt") == \
+        "ImageSets/|Segmentation/|{train,val,trainval}.txt"
+    assert hints("segbook.data.voc.voc_colormap2label()") == \
+        "segbook|.data|.voc|.voc_colormap2label()"
+    assert hints("Image.open(path).convert(&quot;RGB&quot;).save(...)") == \
+        "Image|.open(path)|.convert(&quot;RGB&quot;)|.save(...)"
+    for word in ("label_decode.py", "F.cross_entropy", "~/.cache", "https://", "--batch-size"):
+        assert hints(word) == word
+    # Only inline code: a code cell's highlighted spans are left alone.
+    assert ext.add_break_hints('<span class="n">a/b/c.d()</span>') == \
+        '<span class="n">a/b/c.d()</span>'
+    css = (ROOT / "book" / "_static" / "custom.css").read_text(encoding="utf-8")
+    assert "overflow-wrap: anywhere" in css, "a word wider than a phone breaks anywhere"
+
+
 # --- The chapters' code cells ------------------------------------------------------------
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)

@@ -15,6 +15,12 @@ in it and fails on:
   the target page;
 - math left raw: a page with math must have MathJax's ``mjx-container`` elements,
   no ``mjx-merror`` and no ``$...$``, ``\\(...\\)`` or ``\\[...\\]`` left in its prose;
+- a page that scrolls sideways, on a phone (390 x 844, every page) or at desktop
+  width (1280 x 900): the ``scrollWidth`` of ``html`` and ``body`` (and on the phone
+  the layout viewport, which its browser widens to fit a wide page) must not exceed
+  the viewport's width. The message names the outermost boxes that stick out (tag,
+  id, classes, width, section, text), the ones to fix. A box that scrolls inside
+  itself (a wide table or code cell) is fine; one that pushes the page sideways is not;
 - a sidebar toggle that does nothing: at phone width (390 x 844) the menu button
   must open the chapter list and the "On this page" button the page's contents; at
   desktop width (1280 x 900) the menu button must hide the chapter list.
@@ -133,6 +139,62 @@ async () => {
   return {brokenImages, mathCount: mathNodes.length, mathjax,
           mjxCount: document.querySelectorAll("mjx-container").length,
           raw, merrors, refs, ids, overflow};
+}
+"""
+
+# Runs in the page: how far the document is wider than the viewport, and the elements
+# that make it so. The viewport is html's clientWidth (the window less its scroll bar),
+# and at most `device` px when given: a phone's browser widens its layout viewport to
+# fit a wide page, which window.innerWidth then reports. An element counts when its
+# right edge is past the viewport, no ancestor clips or scrolls it sideways (overflow-x
+# other than visible), it is not fixed (a fixed box does not widen the document; the
+# closed sidebars wait off screen that way) and its parent does not stick out too (the
+# outermost such box is the one to fix). Returns plain JSON.
+PAGE_OVERFLOW_JS = r"""
+(device) => {
+  const html = document.documentElement, body = document.body;
+  const width = device ? Math.min(html.clientWidth, device) : html.clientWidth;
+  const docWidth = Math.max(html.scrollWidth, body ? body.scrollWidth : 0,
+                            device ? window.innerWidth : 0);
+  const result = {width, docWidth, htmlScrollWidth: html.scrollWidth,
+                  bodyScrollWidth: body ? body.scrollWidth : 0,
+                  innerWidth: window.innerWidth, offenders: []};
+  if (docWidth <= width) return result;
+  const edge = width + 0.5;
+  const sticksOut = new Map();  // element -> its box, for those that widen the page
+  const contained = el => {     // an ancestor clips or scrolls it sideways, or it is fixed
+    for (let a = el; a && a !== body && a !== html; a = a.parentElement) {
+      const cs = getComputedStyle(a);
+      if (cs.position === "fixed") return true;
+      if (a !== el && cs.overflowX !== "visible") return true;
+    }
+    return false;
+  };
+  const describe = el => {
+    let s = el.tagName.toLowerCase();
+    if (el.id) s += "#" + el.id;
+    if (el.classList.length) s += "." + Array.from(el.classList).join(".");
+    return s;
+  };
+  for (const el of body.querySelectorAll("*")) {
+    const r = el.getBoundingClientRect();
+    const right = r.right + window.scrollX;
+    if (r.width === 0 || right <= edge) continue;
+    if (contained(el)) continue;
+    sticksOut.set(el, {right, width: r.width});
+  }
+  for (const [el, box] of sticksOut) {
+    const parent = el.parentElement;
+    if (parent && sticksOut.has(parent)) continue;  // report the outermost box only
+    const section = el.closest("section[id]");
+    const text = el.textContent || el.getAttribute("src") || "";
+    result.offenders.push({
+      element: describe(el), width: Math.round(box.width), right: Math.round(box.right),
+      section: section ? section.id : "", text: text.replace(/\s+/g, " ").trim().slice(0, 60),
+    });
+  }
+  result.offenders.sort((a, b) => b.right - a.right || b.width - a.width);
+  return result;
 }
 """
 
@@ -299,6 +361,7 @@ def check(site: Path, mathjax_dir: Path, chapter: str | None, shots: Path,
             try:
                 page = open_page(desktop, f"{base}/{rel}")
                 info = page.evaluate(INSPECT_JS)
+                excess, message = page_overflow(page)
                 page.wait_for_timeout(50)  # let late console messages arrive
                 page.close()
             except PlaywrightError as e:
@@ -307,6 +370,8 @@ def check(site: Path, mathjax_dir: Path, chapter: str | None, shots: Path,
             if verbose:
                 print(f"  {rel}: {time.perf_counter() - t_page:.1f} s")
             failures += [f"{rel}: {e}" for e in events]
+            if excess:
+                failures.append(f"{rel} ({DESKTOP['width']}x{DESKTOP['height']}): {message}")
             failures += [f"{rel}: image did not load (naturalWidth 0): {src}"
                          for src in info["brokenImages"]]
             if info["mathCount"]:
@@ -338,10 +403,29 @@ def check(site: Path, mathjax_dir: Path, chapter: str | None, shots: Path,
             page.close()
         desktop.close()
 
-        # Phone width: the menu buttons must open their sidebars.
+        # Phone width: no page may scroll sideways; the menu buttons must open their sidebars.
         phone = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True,
                                     device_scale_factor=2)
         phone.route("**/*", route)
+        t_phone = time.perf_counter()
+        for rel in pages:
+            events.clear()
+            where = f"{rel} (phone, {PHONE['width']}x{PHONE['height']})"
+            try:
+                page = open_page(phone, f"{base}/{rel}")
+                page.evaluate(INSPECT_JS)  # images and math laid out, as a reader sees them
+                excess, message = page_overflow(page, PHONE["width"])
+                page.close()
+            except PlaywrightError as e:
+                failures.append(f"{where}: the page did not load: {str(e).splitlines()[0]}")
+                continue
+            if excess:
+                failures.append(f"{where}: {message}")
+            failures += [f"{where}: {e}" for e in events]
+            if verbose:
+                print(f"  {rel} at {PHONE['width']} px: {excess} px wider than the screen")
+        if verbose:
+            print(f"  phone-width pass: {time.perf_counter() - t_phone:.1f} s")
         for name, rel in (("landing", landing), ("chapter", chapter)):
             events.clear()
             page = open_page(phone, f"{base}/{rel}")
@@ -393,7 +477,8 @@ def check(site: Path, mathjax_dir: Path, chapter: str | None, shots: Path,
                                 f"which {trel} does not have")
     failures += [f"request to another host at page load (blocked; serve it locally): {e}"
                  for e in sorted(external_seen)]
-    print(f"check_site: {len(pages)} pages and {len(redirects)} redirect(s), "
+    print(f"check_site: {len(pages)} pages (at {DESKTOP['width']} and {PHONE['width']} px) "
+          f"and {len(redirects)} redirect(s), "
           f"{n_refs} internal links/resources checked, "
           f"{n_external} external links not followed, {pages_with_math} pages with math, "
           f"{len(stub_images)} external images stubbed; {time.perf_counter() - t0:.1f} s")
@@ -406,6 +491,29 @@ def check(site: Path, mathjax_dir: Path, chapter: str | None, shots: Path,
         if strict_layout:
             failures += notices
     return sorted(dict.fromkeys(failures))
+
+
+def page_overflow(page, device: int | None = None, shown: int = 3) -> tuple[int, str]:
+    """How many px the open page is wider than its viewport (0 if it fits), and what sticks out.
+
+    `device`: the device's width in CSS px (a phone), which the viewport cannot exceed.
+    """
+    info = page.evaluate(PAGE_OVERFLOW_JS, device)
+    width = info["width"]
+    excess = info["docWidth"] - width
+    if excess <= 0:
+        return 0, ""
+    boxes = [f"{o['element']} ({o['width']} px wide, right edge at {o['right']} px"
+             + (f", in section #{o['section']}" if o["section"] else "")
+             + (f": {o['text']!r}" if o["text"] else "") + ")"
+             for o in info["offenders"][:shown]]
+    more = len(info["offenders"]) - shown
+    what = "; ".join(boxes) + (f"; and {more} more" if more > 0 else "") if boxes else \
+        "no single element found (look for a negative margin or a transform)"
+    return excess, (f"the page is {info['docWidth']} px wide in a {width} px viewport, "
+                    f"{excess} px of sideways scrolling (scrollWidth: html "
+                    f"{info['htmlScrollWidth']}, body {info['bodyScrollWidth']}; "
+                    f"window.innerWidth {info['innerWidth']}); wider than the screen: {what}")
 
 
 def sidebar_toggle(page, where: str, which: str, label: str, links: str, shot: Path) -> list[str]:

@@ -8,9 +8,16 @@
    extension adds with ``app.add_js_file(None, body=...)`` twice (once as ``None``,
    once as ``''``), so sphinx-thebe's ``const THEBE_JS_URL`` is declared twice and
    every page logs "Identifier 'THEBE_JS_URL' has already been declared".
+3. Break hints in inline code: ``<wbr>`` after a ``/`` and before the ``.`` of a dotted
+   name or call (``segbook.data|.voc|.voc_colormap2label()``), so that a path or name
+   wider than a phone's text column breaks where a reader expects. Sphinx keeps each
+   word of inline code on one line (``span.pre { white-space: nowrap }``), which
+   ignores the hints; ``book/_static/custom.css`` lifts that rule on narrow screens
+   only. A ``<wbr>`` adds no character to copied text.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from pybtex.plugin import register_plugin
@@ -74,8 +81,28 @@ def dedupe_inline_scripts(app, pagename, templatename, context, doctree):
     context["script_files"] = unique
 
 
+INLINE_CODE_WORD = re.compile(r'(<span class="pre">)([^<]+)(</span>)')
+# After a slash that ends a path component ("ImageSets/|Segmentation/|..."); before a dot
+# that starts a name followed by a call or another dot ("Image|.open(path)|.save()",
+# "segbook|.data|.voc"), never before a file suffix. At least two characters stay before
+# a break ("F.cross_entropy", "~/.cache" keep their heads).
+BREAK_HINT = re.compile(r"(?<=[^/]{2}/)(?=[^/])|(?<=[^./\s]{2})(?=\.[A-Za-z_]\w*[.(])")
+
+
+def add_break_hints(html: str) -> str:
+    """``<wbr>`` at the break hints of every inline-code word in a page's HTML body."""
+    return INLINE_CODE_WORD.sub(
+        lambda m: m.group(1) + BREAK_HINT.sub("<wbr>", m.group(2)) + m.group(3), html)
+
+
+def break_hints_in_inline_code(app, pagename, templatename, context, doctree):
+    if "body" in context:
+        context["body"] = add_break_hints(context["body"])
+
+
 def setup(app):
     register_plugin("pybtex.style.labels", "segbook_author_year", AuthorYearLabelStyle)
     register_plugin("pybtex.style.formatting", "segbook", AuthorYearStyle)
     app.connect("html-page-context", dedupe_inline_scripts, priority=900)
+    app.connect("html-page-context", break_hints_in_inline_code)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -53,7 +53,7 @@ from .rng import loader_generators
 
 __all__ = ["Distributed", "ShardedSeededShuffle", "agree_on_resume", "all_gather_objects", "all_gather_states",
            "init_distributed", "leave", "mean_over_processes", "process_device", "seed_process", "share_buffers", "shard_train_loader",
-           "shard_val_loader", "torchrun_env", "wrap_model"]
+           "shard_val_loader", "torchrun_env", "wait_for_rank0", "wrap_model"]
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -294,6 +294,15 @@ def all_gather_states(state: dict) -> list[dict]:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return [torch.load(io.BytesIO(raw), weights_only=True) for raw in all_gather_objects(buffer.getvalue())]
+
+
+def wait_for_rank0() -> None:
+    """Every process waits here until rank 0 (which alone writes checkpoints) arrives, its files written.
+
+    Without it a process that finishes first could resume (or a script read
+    ``last.pt``) while rank 0 is still writing it, and read the epoch before.
+    """
+    dist.barrier()
 
 
 def agree_on_resume(start: int, group: Distributed, device: torch.device) -> None:

@@ -24,7 +24,7 @@ from torch import nn
 from .checkpoints import atomic_save, checkpoint_state, remove_stale_temporaries, resume
 from .distributed import (Distributed, agree_on_resume, all_gather_states, init_distributed, leave,
                           mean_over_processes, process_device, seed_process, set_epoch, share_buffers,
-                          shard_train_loader, shard_val_loader, wrap_model)
+                          shard_train_loader, shard_val_loader, wait_for_rank0, wrap_model)
 from .env import get_device
 from .evaluation import evaluate
 from .losses import LossFn, call_loss, model_loss
@@ -160,7 +160,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
                   "momentum": momentum, "weight_decay": weight_decay, "schedule": schedule, "poly_power": poly_power,
                   "seed": seed, "epochs": epochs, **(run_config or {})}
 
-        last, best = _checkpoint_files(checkpoint_dir, say)
+        last, best = _checkpoint_files(checkpoint_dir, say, clean=main)  # another rank's .tmp may be mid-write
         history, best_miou, start = [], -math.inf, 1
         if resume:
             if last is None:
@@ -211,6 +211,8 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
             say(_format_epoch(row, epochs))
         if start > epochs:
             say(f"{short_path(last)} already holds {start - 1} epochs (epochs={epochs}); nothing to train")
+        if group is not None and last is not None:
+            wait_for_rank0()  # when fit returns in any process, rank 0's last.pt is whole
         return history
     finally:
         leave(group)  # only a process group that fit itself started
@@ -227,13 +229,13 @@ def _length(train_loader) -> int:
                         "to lay out the poly schedule.") from None
 
 
-def _checkpoint_files(checkpoint_dir, say) -> tuple[Path | None, Path | None]:
+def _checkpoint_files(checkpoint_dir, say, clean: bool = True) -> tuple[Path | None, Path | None]:
     """``last.pt`` and ``best.pt`` in ``checkpoint_dir`` (made if needed), after clearing a killed run's temporaries."""
     if checkpoint_dir is None:
         return None, None
     folder = Path(checkpoint_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    stale = remove_stale_temporaries(folder)
+    stale = remove_stale_temporaries(folder) if clean else []
     if stale:
         say(f"removed {', '.join(p.name for p in stale)} from {short_path(folder)}: "
             "left by a save that was killed; last.pt and best.pt are whole")

@@ -19,9 +19,15 @@ __all__ = ["loader_generators", "process_rng_state", "rng_state", "set_rng_state
 
 
 def loader_generators(loader) -> list[torch.Generator]:
-    """The generators that shuffle ``loader`` (its own, its sampler's), each once."""
+    """The generators that shuffle ``loader`` (its sampler's, then its own), each once.
+
+    The sampler's comes first: checkpoints written while the loader and its
+    sampler shared one generator hold one state, and it belongs to the sampler.
+    """
     found = []
-    for owner in (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+    sampler = getattr(loader, "sampler", None)
+    inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+    for owner in (sampler, inner, loader):
         gen = getattr(owner, "generator", None)
         if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
             found.append(gen)

@@ -175,13 +175,22 @@ def _pointrend_cli(rank: int, tmp: str) -> dict:
         items.append(list(key))
         return fetch(self, key)
 
+    checked = []
+    check_labels = data.check_labels
+
+    def record_check(dataset, **kwargs):
+        checked.append(len(dataset))
+        return check_labels(dataset, **kwargs)
+
     pointrend.get_uncertain_point_coords_with_randomness = record_points
     loaders.SeededItems.__getitem__ = record_items
+    data.check_labels = record_check
     status = cli.main(["--model", "pointrend", "--backbone", "resnet18", "--source", "toy", "--root",
                        str(Path(tmp, "voc")), "--epochs", "1", "--batch-size", "2", "--crop-size", "32", "32",
                        "--device", "cpu", "--checkpoint-dir", str(Path(tmp, "ck")), "--num-workers", "0",
                        "--no-progress", "--seed", "3"])
-    return {"status": status, "points": points, "items": items, "group_left": not dist.is_initialized()}
+    return {"status": status, "points": points, "items": items, "checked": checked,
+            "group_left": not dist.is_initialized()}
 
 
 def test_pointrend_trains_through_the_cli_on_two_processes(tmp_path: Path) -> None:
@@ -192,6 +201,7 @@ def test_pointrend_trains_through_the_cli_on_two_processes(tmp_path: Path) -> No
     (tmp_path / "voc").symlink_to(voc)
     ranks = _spawn(tmp_path, "pointrend")
     assert [r["status"] for r in ranks] == [0, 0] and all(r["group_left"] for r in ranks)
+    assert ranks[0]["checked"] == [8, 4] and ranks[1]["checked"] == []  # rank 0 alone reads every label
 
     # its own loss: the point head learnt, and the point loss is logged
     state = load_checkpoint(tmp_path / "ck" / "last.pt")

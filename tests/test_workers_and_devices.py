@@ -137,3 +137,18 @@ def test_every_model_trains_with_its_own_loss() -> None:
     assert set(parts) == {"out", "point"} and torch.equal(total, expected)
     total.backward()
     assert all(p.grad is not None for p in pointrend.point_head.parameters())
+
+
+def test_a_checkpoint_from_a_shared_generator_restores_the_sampler() -> None:
+    # Before the loader had a generator of its own, a checkpoint held one loader state: the sampler's.
+    from segbook.rng import loader_generators, rng_state, set_rng_state
+
+    train, _ = _loaders(0)
+    assert loader_generators(train) == [train.sampler.generator, train.generator]
+    _keys(train, 1)  # advance the order
+    saved = rng_state(train)
+    saved["loader"] = saved["loader"][:1]  # what such a checkpoint holds
+    expected = _keys(train, 1)
+    fresh, _ = _loaders(0)
+    set_rng_state(saved, fresh)
+    assert _keys(fresh, 1) == expected

@@ -68,6 +68,9 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str |
     ``reduce=True``, inside a ``torch.distributed`` process group, sums the
     counts and the loss of every process before scoring: each process passes
     its own share of the validation set, and all get the scores of the whole.
+    Shares may differ in length or be empty (fewer images than processes): a
+    process that scored nothing joins the sums with zeros. The default loss is
+    the model's own (:func:`segbook.losses.model_loss`).
     """
     if device is not None:
         model.to(device)

@@ -198,13 +198,9 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
             improved = row["val_miou"] > best_miou  # NaN (no class seen) never counts as better
             best_miou = row["val_miou"] if improved else best_miou
             if last is not None:
-                # every process hands in its random streams; rank 0 alone writes the files
-                streams = rng_state(train_loader, device, all_gather_states(process_rng_state(device))
-                                    if group is not None else None)
-                if main:
-                    state = checkpoint_state(model, optimizer, scheduler, scaler, train_loader, rng=streams,
-                                             epoch=epoch, epochs=epochs, history=history, best_miou=best_miou,
-                                             config=config)
+                state = _epoch_state(model, optimizer, scheduler, scaler, train_loader, device, group, epoch=epoch,
+                                     epochs=epochs, history=history, best_miou=best_miou, config=config)
+                if main:  # rank 0 alone writes the files
                     _save(state, last, best if improved else None)
                 kept_epoch = epoch
             plot.update(history)  # first, so that in a notebook the figure sits above the epoch lines
@@ -240,6 +236,14 @@ def _checkpoint_files(checkpoint_dir, say, clean: bool = True) -> tuple[Path | N
         say(f"removed {', '.join(p.name for p in stale)} from {short_path(folder)}: "
             "left by a save that was killed; last.pt and best.pt are whole")
     return folder / "last.pt", folder / "best.pt"
+
+
+def _epoch_state(model, optimizer, scheduler, scaler, train_loader, device: torch.device,
+                 group: Distributed | None, **progress) -> dict:
+    """What ``last.pt`` holds after an epoch; every process hands in its own random streams (a collective)."""
+    processes = all_gather_states(process_rng_state(device)) if group is not None else None
+    return checkpoint_state(model, optimizer, scheduler, scaler, train_loader,
+                            rng=rng_state(train_loader, device, processes), **progress)
 
 
 def _save(state: dict, last: Path, best: Path | None) -> None:

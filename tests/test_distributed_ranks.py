@@ -86,6 +86,7 @@ def _scenarios(rank: int, tmp: str) -> dict:
     for images in (11, 1):  # uneven shares (6 and 5), and rank 1 with none at all
         out[f"scores{images}"] = _scores(images, group)
         out["shares"][images] = len(shard_val_loader(DataLoader(list(range(images))), group).dataset)
+    out["fresh"] = _train(str(Path(tmp, "fresh")), resume=True)  # resume with no last.pt anywhere: from scratch
     folder = str(Path(tmp, "ck"))
     out["first"] = _train(folder)
     out["finished"] = _train(folder, resume=True)  # nothing left to do, on every rank
@@ -137,6 +138,7 @@ def test_two_ranks_resume_shard_and_step_exactly(tmp_path: Path) -> None:
     # resume: after a finished run every rank returns the history; a folder that differs stops all
     for rank in ranks:
         assert [row["epoch"] for row in rank["first"]] == [1] and rank["finished"] == rank["first"]
+        assert rank["fresh"] == rank["first"]
         assert [row["epoch"] for row in rank["more"]] == [1, 2] and rank["more"][0] == rank["first"][0]
         assert "rank 0 at epoch 3, rank 1 at epoch 1" in rank["disagreement"]
     assert ranks[0]["more"] == ranks[1]["more"]

@@ -152,3 +152,40 @@ def test_a_checkpoint_from_a_shared_generator_restores_the_sampler() -> None:
     fresh, _ = _loaders(0)
     set_rng_state(saved, fresh)
     assert _keys(fresh, 1) == expected
+
+
+def test_torchrun_on_cuda_binds_each_process_to_its_gpu(monkeypatch) -> None:
+    for name, value in {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    calls = {}
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.setdefault("set_device", device))
+
+    def init(backend, init_method=None, *, device_id=None):  # PyTorch >= 2.3's signature, in short
+        calls.update(backend=backend, device_id=device_id)
+
+    monkeypatch.setattr(dist, "init_process_group", init)
+    group = distributed.init_distributed(torch.device("cuda"))
+    assert group == Distributed(3, 4, 1, started=True)
+    assert calls == {"set_device": torch.device("cuda", 1), "backend": "nccl", "device_id": torch.device("cuda", 1)}
+    calls.clear()
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, init_method=None: calls.update(backend=backend))
+    distributed.init_distributed(torch.device("cuda"))  # an older PyTorch: no device_id to pass
+    assert calls == {"set_device": torch.device("cuda", 1), "backend": "nccl"}
+
+
+def test_cuda_random_state_goes_back_to_this_process_s_gpu(monkeypatch) -> None:
+    # A checkpoint holds the state of the GPU its process used; another process puts it onto its own GPU.
+    from segbook.rng import process_rng_state, set_rng_state
+
+    saved_state, put = torch.tensor([7], dtype=torch.uint8), []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda index: saved_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: put.append((state, device)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("restored every GPU"))
+    state = process_rng_state(torch.device("cuda", 0))
+    assert state["cuda"] == [saved_state] and state["cuda_device"] == 0
+    set_rng_state({**state, "loader": []}, loader=None, device=torch.device("cuda", 1))
+    assert put == [(saved_state, torch.device("cuda", 1))]
+    put.clear()
+    set_rng_state({**state, "loader": []}, loader=None, device=torch.device("cpu"))
+    assert put == []  # a CPU run has no GPU state to restore

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .env import data_home, short_path
+from .paths import data_home, short_path
 from .rng import rng_state, set_rng_state
 
 __all__ = ["save_checkpoint", "load_checkpoint", "chapter_checkpoint_dir", "remove_stale_temporaries",
@@ -135,22 +135,28 @@ def _plain(value):
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
-def checkpoint_state(model, optimizer, scheduler, scaler, train_loader, **progress) -> dict:
-    """All a resumed run needs to continue bit for bit: weights, optimizer, schedule, scaler, random streams."""
+def checkpoint_state(model, optimizer, scheduler, scaler, train_loader, *, rng: dict | None = None,
+                     **progress) -> dict:
+    """All a resumed run needs to continue bit for bit: weights, optimizer, schedule, scaler, random streams.
+
+    ``rng`` (from :func:`segbook.rng.rng_state`) defaults to this process's streams on the CPU.
+    """
     return {
         "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict(), "rng": rng_state(train_loader), **progress,
+        "scaler": scaler.state_dict(), "rng": rng if rng is not None else rng_state(train_loader), **progress,
     }
 
 
 def resume(last: Path, model, optimizer, scheduler, scaler, train_loader, epochs: int, config: Mapping,
-           say: Callable[[str], object]) -> tuple[list[dict], float, int]:
+           say: Callable[[str], object], *, device: torch.device | None = None,
+           rank: int = 0) -> tuple[list[dict], float, int]:
     """Load ``last.pt`` into the run's objects; returns the history so far, the best mIoU and the next epoch.
 
     The checkpoint's recorded settings are compared with this run's first, so a
     changed model, crop or learning rate stops the run with the list of what
     changed, instead of a state-dict error or, worse, a quietly different run.
+    Process ``rank`` on ``device`` takes back its own random streams.
     """
     if not last.is_file():
         say(f"no checkpoint at {short_path(last)}; starting from scratch")
@@ -166,7 +172,7 @@ def resume(last: Path, model, optimizer, scheduler, scaler, train_loader, epochs
         scheduler.load_state_dict(state["scheduler"])
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"], train_loader)
+    set_rng_state(state["rng"], train_loader, device, rank)
     say(f"resuming from {short_path(last)} after epoch {state['epoch']}")
     if state.get("epochs", epochs) != epochs and scheduler is not None:
         say(f"note: that run planned {state['epochs']} epochs; the poly schedule now ends at epoch {epochs}.")

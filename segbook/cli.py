@@ -8,7 +8,6 @@ epoch, and every message names what to change.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -19,10 +18,12 @@ from torch import nn
 
 from . import data
 from .checkpoints import ConfigMismatch
-from .distributed import init_distributed, torchrun_env
-from .env import get_device, seed_everything, short_path
+from .distributed import Distributed, all_gather_objects, init_distributed, leave, process_device
+from .env import get_device, seed_everything
 from .evaluation import evaluate
-from .train import TrainingDiverged, fit
+from .loop import TrainingDiverged, fit
+from .losses import model_loss
+from .paths import short_path
 
 __all__ = ["main", "build_parser"]
 
@@ -105,62 +106,74 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     0 when done, 1 for a problem with the data or the checkpoint (named in one
     line on stderr), 130 after Ctrl-C; argument errors exit with 2 through argparse.
+    Under torchrun, rank 0 alone speaks and checks the labels; the other
+    processes wait for its verdict, so that all stop together or none does.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         device = get_device(args.device, given_as="--device")
+        group = init_distributed(device)  # under torchrun: join the group now, to fetch the data once
+        device = process_device(device, group)
     except (RuntimeError, ValueError) as err:
         parser.error(str(err))
-    group = init_distributed(device)  # under torchrun: join the group now, to download once
-    if group is not None and group.local_rank != 0:
-        torch.distributed.barrier()  # wait for this machine's first process to find or fetch the data
-    voc_dir = _dataset_dir(args, parser)
-    if group is not None and group.local_rank == 0:
-        torch.distributed.barrier()
-    progress = False if args.no_progress else None
+    try:
+        return _train(args, parser, device, group)
+    finally:
+        leave(group)
+
+
+def _train(args, parser: argparse.ArgumentParser, device: torch.device, group: Distributed | None) -> int:
+    speaks = group is None or group.is_main  # under torchrun, rank 0 alone
+    say = print if speaks else _silent
+    voc_dir = _dataset_dir_once_per_machine(args, parser, group, say)
+    progress = False if args.no_progress or not speaks else None
     seed_everything(args.seed)  # before the model is built: its initial weights come from this seed
+    problem, sizes = None, []
     try:
         train_loader, val_loader = data.load_voc(args.batch_size, tuple(args.crop_size), source=args.source,
                                                  root=voc_dir, num_workers=args.num_workers, seed=args.seed,
                                                  verbose=False)
-        sizes = data.check_labels(train_loader.dataset, progress=progress, desc="checking train labels")
-        data.check_labels(val_loader.dataset, progress=progress, desc="checking val labels")
+        if speaks:  # one process reads every label; the others would only repeat it
+            sizes = data.check_labels(train_loader.dataset, progress=progress, desc="checking train labels")
+            data.check_labels(val_loader.dataset, progress=progress, desc="checking val labels")
     except (OSError, ValueError) as err:
-        return _fail(err)
+        problem = err
+    problems = all_gather_objects(problem and str(problem)) if group is not None else [problem]
+    if any(problems):
+        return _fail(problem or next(p for p in problems if p))
     _warn_if_crop_too_large(tuple(args.crop_size), sizes)
 
     toy = data.is_toy_voc(voc_dir)
     model = _build_model(args, data.NUM_CLASSES, real_voc=not toy)
     checkpoint_dir = Path(args.checkpoint_dir or Path("checkpoints") / args.model)
-    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone speaks
-    say = print if main_process else (lambda *a, **k: None)
-    processes = int(os.environ.get("WORLD_SIZE", "1")) if torchrun_env() else 1
     say(f"model {args.model} | data {'toy VOC' if toy else 'VOC2012'} ({len(train_loader.dataset)} train, "
         f"{len(val_loader.dataset)} val) | device {device.type} | checkpoints {short_path(checkpoint_dir)}"
-        + (f" | {processes} processes, batch {args.batch_size} each" if processes > 1 else ""))
+        + (f" | {group.world_size} processes, batch {args.batch_size} each" if group is not None else ""))
     began = time.perf_counter()
+    aux_weights = {"aux": args.aux_weight}
     try:
         fit(model, train_loader, val_loader, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
-            weight_decay=args.weight_decay, aux_weights={"aux": args.aux_weight}, device=device,
-            num_classes=data.NUM_CLASSES, amp={"auto": None, "off": False}.get(args.amp, args.amp),
+            weight_decay=args.weight_decay, aux_weights=aux_weights, loss_fn=model_loss(model, aux_weights),
+            device=device, num_classes=data.NUM_CLASSES, amp={"auto": None, "off": False}.get(args.amp, args.amp),
             checkpoint_dir=checkpoint_dir, resume=args.resume, seed=args.seed, run_config=_run_config(args, toy),
             live_plot=False, progress=progress, log=say, sync_batchnorm=args.sync_batchnorm)
     except KeyboardInterrupt:  # fit has said what was saved
         return INTERRUPTED
     except (ConfigMismatch, TrainingDiverged) as err:
         return _fail(err)
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    if not main_process:
+    if not speaks:
         return 0
-    print(f"trained in {time.perf_counter() - began:.0f} s")
-    result = evaluate(model, val_loader, num_classes=data.NUM_CLASSES, aux_weights={"aux": args.aux_weight},
+    say(f"trained in {time.perf_counter() - began:.0f} s")
+    result = evaluate(model, val_loader, num_classes=data.NUM_CLASSES, loss_fn=model_loss(model, aux_weights),
                       progress=progress)
-    print(f"final: val_loss {result['loss']:.4f} | pixel_acc {result['pixel_acc']:.4f} | mIoU {result['miou']:.4f}")
-    print(result["confusion"].table(class_names=data.VOC_CLASSES))
+    say(f"final: val_loss {result['loss']:.4f} | pixel_acc {result['pixel_acc']:.4f} | mIoU {result['miou']:.4f}")
+    say(result["confusion"].table(class_names=data.VOC_CLASSES))
     return 0
+
+
+def _silent(*args, **kwargs) -> None:
+    """What a process other than rank 0 prints: nothing."""
 
 
 def _fail(err: BaseException) -> int:
@@ -168,7 +181,21 @@ def _fail(err: BaseException) -> int:
     return 1
 
 
-def _dataset_dir(args, parser: argparse.ArgumentParser) -> Path:
+def _dataset_dir_once_per_machine(args, parser: argparse.ArgumentParser, group: Distributed | None, say) -> Path:
+    """:func:`_dataset_dir` in the first process of each machine while the others wait, then in the others.
+
+    Machines need not share a disk, so each machine's first process fetches (or
+    generates) the data; the processes after it find it there, and only rank 0 says where.
+    """
+    if group is not None and group.local_rank != 0:
+        torch.distributed.barrier()  # wait for this machine's first process to find or fetch the data
+    voc = _dataset_dir(args, parser, say)
+    if group is not None and group.local_rank == 0:
+        torch.distributed.barrier()
+    return voc
+
+
+def _dataset_dir(args, parser: argparse.ArgumentParser, say=print) -> Path:
     """The dataset folder, or a usage error: a ``--root`` is used as given, never created nor swapped for toy."""
     if args.root is not None:
         try:
@@ -185,8 +212,7 @@ def _dataset_dir(args, parser: argparse.ArgumentParser) -> Path:
     else:
         voc = data.get_voc_dir(args.source, verbose=False)
     kind = "the generated toy VOC set" if data.is_toy_voc(voc) else "Pascal VOC2012"
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
-        print(f"dataset: {kind} at {short_path(voc)}")
+    say(f"dataset: {kind} at {short_path(voc)}")
     return voc
 
 

@@ -17,12 +17,28 @@ them (:func:`init_distributed`) and then:
 * validates each process on every N-th image and adds up the confusion matrices
   (:meth:`~segbook.metrics.ConfusionMatrix.all_reduce`), so the scores are those
   of the whole validation set, computed N times faster;
-* logs, draws progress bars and writes checkpoints on rank 0 only.
+* logs, draws progress bars and writes checkpoints on rank 0 only;
+* seeds each process's own random numbers (dropout, PointRend's points) with
+  ``seed + rank``, as detectron2 and mmsegmentation do, so the processes do not
+  all draw the same samples, while the data order comes from the loader's
+  generators, seeded alike everywhere (:func:`seed_process`).
+
+The loss is normalised per process. Each process averages its loss over its
+own counted pixels, and DDP then averages the gradients of the N processes.
+That is the mean of N per-process means, not the mean over all the pixels of
+the global batch: a process whose crops hold more ignored (255) pixels gives
+each of its pixels more weight. The two agree exactly when every process
+counts the same number of pixels (no ignored pixels, equal crops), and differ
+a little otherwise; one process with an N times larger batch is therefore the
+reference only up to that reweighting (``tests/test_distributed.py`` checks
+both cases).
 
 On GPUs the backend is NCCL; on CPUs (and in the tests) it is Gloo.
 """
 from __future__ import annotations
 
+import inspect
+import io
 import os
 from dataclasses import dataclass
 
@@ -31,10 +47,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, Subset
 
-from .data import SeededShuffle
+from .data.loaders import SeededShuffle
+from .env import seed_everything
+from .rng import loader_generators
 
-__all__ = ["Distributed", "ShardedSeededShuffle", "init_distributed", "shard_train_loader", "shard_val_loader",
-           "torchrun_env", "wrap_model"]
+__all__ = ["Distributed", "ShardedSeededShuffle", "agree_on_resume", "all_gather_objects", "all_gather_states",
+           "init_distributed", "leave", "mean_over_processes", "process_device", "seed_process", "share_buffers", "shard_train_loader",
+           "shard_val_loader", "torchrun_env", "wait_for_rank0", "wrap_model"]
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -46,6 +65,7 @@ class Distributed:
     rank: int
     world_size: int
     local_rank: int
+    started: bool = False  # made by this call of init_distributed, so its caller must destroy it
 
     @property
     def is_main(self) -> bool:
@@ -68,10 +88,12 @@ def init_distributed(device: torch.device) -> Distributed | None:
     """Join the process group of a torchrun launch (or the one already made); None for a single process.
 
     A group that already exists (made by the caller, as the tests do with
-    ``torch.multiprocessing``) is used as it is. Otherwise, with torchrun's
-    variables set and ``WORLD_SIZE > 1``, the group is made from the
-    environment (``MASTER_ADDR``, ``MASTER_PORT``), with NCCL for CUDA and Gloo
-    for the CPU. ``WORLD_SIZE == 1`` is an ordinary single-process run.
+    ``torch.multiprocessing``, or by the command line before ``fit``) is used as
+    it is. Otherwise, with torchrun's variables set and ``WORLD_SIZE > 1``, the
+    group is made from the environment (``MASTER_ADDR``, ``MASTER_PORT``), with
+    NCCL for CUDA and Gloo for the CPU, after checking that ``device`` can work
+    (see :func:`process_device`); ``started`` then says the caller owns it.
+    ``WORLD_SIZE == 1`` is an ordinary single-process run.
     """
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -83,13 +105,57 @@ def init_distributed(device: torch.device) -> Distributed | None:
     rank, world, local = found
     if not dist.is_available():
         raise RuntimeError("torchrun started this process, but this PyTorch build has no torch.distributed.")
+    device = process_device(device, Distributed(rank, world, local))
+    kwargs = {}
     if device.type == "cuda":
-        if local >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK={local} but this machine has {torch.cuda.device_count()} GPU(s): "
-                               "start torchrun with --nproc_per_node at most the number of GPUs.")
-        torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank, world, local)
+        torch.cuda.set_device(device)
+        if "device_id" in inspect.signature(dist.init_process_group).parameters:  # PyTorch >= 2.3
+            kwargs["device_id"] = device  # binds NCCL to this GPU now, instead of guessing at the first collective
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", **kwargs)
+    return Distributed(rank, world, local, started=True)
+
+
+def process_device(device: torch.device, group: Distributed | None) -> torch.device:
+    """The device this process trains on: ``cuda`` means GPU ``LOCAL_RANK`` under torchrun.
+
+    Each of torchrun's processes on a machine must own one GPU, the one its
+    ``LOCAL_RANK`` names; a device that cannot work that way is refused here, with
+    what to do, rather than failing in the first collective (or, worse, putting
+    every process on one GPU). torch.distributed has no backend for Apple's MPS.
+    """
+    if group is None:
+        return device
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"device {str(device)!r} cannot train under torchrun: torch.distributed has no backend "
+                         "for it; use cuda (one GPU per process) or cpu.")
+    if group.local_rank >= torch.cuda.device_count():
+        raise RuntimeError(f"LOCAL_RANK={group.local_rank} but this machine has {torch.cuda.device_count()} "
+                           "GPU(s): start torchrun with --nproc_per_node at most the number of GPUs.")
+    if device.index is not None and device.index != group.local_rank:
+        raise ValueError(f"device {str(device)!r} under torchrun: each process uses GPU LOCAL_RANK (here "
+                         f"{group.local_rank}); pass plain 'cuda', and choose the GPUs with CUDA_VISIBLE_DEVICES.")
+    return torch.device("cuda", group.local_rank)
+
+
+def leave(group: Distributed | None) -> None:
+    """Destroy the process group if ``group`` says its holder started it; a group made by the caller stays."""
+    if group is not None and group.started and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def seed_process(seed: int, group: Distributed | None, train_loader) -> None:
+    """Seed this process's global streams with ``seed + rank``; rewind the loader's generators to their own seeds.
+
+    Dropout masks and PointRend's random points come from the global streams,
+    so each process must draw its own; the data order and each item's
+    augmentations come from the loader's generators, which every process
+    rewinds alike, so the processes still agree on one permutation to share.
+    """
+    seed_everything(seed + (group.rank if group is not None else 0))
+    for gen in loader_generators(train_loader):
+        gen.manual_seed(gen.initial_seed())
 
 
 def wrap_model(model: nn.Module, group: Distributed, device: torch.device, sync_batchnorm: bool = False) -> nn.Module:
@@ -167,8 +233,91 @@ def shard_val_loader(loader: DataLoader, group: Distributed) -> DataLoader:
     return _rebuild(loader, share, None, False)
 
 
+# Passed by _rebuild itself; every other DataLoader parameter is copied from the loader being sharded.
+_SET_BY_REBUILD = frozenset({"self", "dataset", "batch_size", "shuffle", "sampler", "batch_sampler", "drop_last"})
+
+
 def _rebuild(loader: DataLoader, dataset, sampler: Sampler | None, drop_last: bool) -> DataLoader:
-    return DataLoader(dataset, batch_size=loader.batch_size, sampler=sampler, shuffle=False,
-                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
-                      drop_last=drop_last, worker_init_fn=loader.worker_init_fn, generator=loader.generator,
-                      persistent_workers=loader.persistent_workers)
+    """A DataLoader like ``loader`` (workers, pinning, prefetching, ...) over ``dataset`` with ``sampler``.
+
+    The options are read from DataLoader's own signature, so one that a later
+    PyTorch adds is carried too, instead of silently falling back to its default.
+    """
+    options = {name: getattr(loader, name) for name in inspect.signature(DataLoader.__init__).parameters
+               if name not in _SET_BY_REBUILD and hasattr(loader, name)}
+    return DataLoader(dataset, batch_size=loader.batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
+                      **options)
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """A new order each epoch, the same in every process (PyTorch's DistributedSampler needs telling)."""
+    if isinstance(getattr(loader, "sampler", None), DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+
+
+# -- what the processes exchange -------------------------------------------------------------------------
+
+
+def share_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm's running statistics) to every process.
+
+    DDP broadcasts them at the start of each training forward, so after an
+    epoch's last step every process holds statistics from its own share of that
+    step; validation and the checkpoint must all use the same model, rank 0's.
+    """
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def mean_over_processes(value: float, device: torch.device) -> float:
+    """The mean of ``value`` over the processes: what each one logs, so that all log the same."""
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.item() / dist.get_world_size()
+
+
+def all_gather_objects(obj) -> list:
+    """``obj`` of every process, in rank order (pickled: for small things such as a message)."""
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def all_gather_states(state: dict) -> list[dict]:
+    """Every process's ``state`` (tensors and plain values, e.g. random streams), in rank order.
+
+    Sent as ``torch.save`` bytes and read back with ``weights_only=True``: the
+    pickling inside ``all_gather_object`` cannot carry some tensors (NumPy's
+    uint32 generator state), and this way what arrives is exactly what a
+    checkpoint can hold.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return [torch.load(io.BytesIO(raw), weights_only=True) for raw in all_gather_objects(buffer.getvalue())]
+
+
+def wait_for_rank0() -> None:
+    """Every process waits here until rank 0 (which alone writes checkpoints) arrives, its files written.
+
+    Without it a process that finishes first could resume (or a script read
+    ``last.pt``) while rank 0 is still writing it, and read the epoch before.
+    """
+    dist.barrier()
+
+
+def agree_on_resume(start: int, group: Distributed, device: torch.device) -> None:
+    """Stop every process, with one message, unless all resumed at the same epoch.
+
+    Each process reads ``last.pt`` itself. A checkpoint folder that is not the
+    same file for all of them (a relative path on a second machine, a disk that
+    is not shared) would let one process start from scratch while another
+    continues, and DDP would then average the gradients of two different runs
+    without a word.
+    """
+    starts = torch.zeros(group.world_size, dtype=torch.int64, device=device)
+    starts[group.rank] = start
+    dist.all_reduce(starts)  # (world_size,): every process's next epoch
+    if len(set(starts.tolist())) > 1:
+        where = ", ".join(f"rank {r} at epoch {e}" for r, e in enumerate(starts.tolist()))
+        raise RuntimeError(f"the processes resumed at different points ({where}): each must read the same "
+                           "last.pt; give checkpoint_dir as an absolute path on a disk every machine shares.")

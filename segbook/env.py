@@ -9,20 +9,17 @@ from __future__ import annotations
 import os
 import random
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
-PROFILES = ("quick", "full")
+from .paths import data_home, short_path
+from .profiles import PROFILE_DESCRIPTIONS, PROFILES, downgrade_profile, profile_downgraded
 
-PROFILE_DESCRIPTIONS = {  # what each profile is, for the set-up page and the docs
-    "quick": "the toy VOC set, random-init backbones, a few small epochs on a CPU",
-    "full": "real VOC2012, ImageNet-pretrained backbones, a longer GPU schedule",
-}
+__all__ = ["PROFILES", "PROFILE_DESCRIPTIONS", "Setup", "data_home", "downgrade_profile", "get_device", "get_profile",
+           "profile_downgraded", "real_voc_available", "seed_everything", "setup", "short_path"]
+
 _PROFILE_TAG = {"quick": "toy VOC, random-init backbones", "full": "VOC2012, pretrained backbones"}  # setup's line
-
-_downgraded: str | None = None  # why this process left the full profile for quick, once that happened
 
 
 def seed_everything(seed: int = 0) -> int:
@@ -73,14 +70,9 @@ def get_device(prefer: str | None = None, *, given_as: str = "get_device(prefer=
     return device
 
 
-def data_home() -> Path:
-    """Where segbook keeps datasets and checkpoints: ``SEGBOOK_DATA`` or ``~/.cache/segbook``."""
-    return Path(os.environ.get("SEGBOOK_DATA", Path.home() / ".cache" / "segbook")).expanduser()
-
-
 def real_voc_available() -> bool:
     """True when a real VOC2012 is already on disk (nothing is downloaded here)."""
-    from .data import find_voc_dir  # segbook.data imports this module, so look it up lazily
+    from .data import find_voc_dir  # here, not on top: ``import segbook`` should not load the data stack
 
     return find_voc_dir() is not None
 
@@ -95,7 +87,7 @@ def get_profile(device: torch.device | None = None, *, asked: str | None = None)
     missing, and every later call in the process returns ``quick``, so the
     asserts written for the quick profile hold in every later cell.
     """
-    if _downgraded is not None:
+    if profile_downgraded() is not None:
         return "quick"
     asked = (asked or os.environ.get("SEGBOOK_PROFILE", "")).strip().lower()
     if asked and asked not in PROFILES:
@@ -119,28 +111,6 @@ def _full_profile_missing(device: torch.device) -> str | None:
     return None
 
 
-def downgrade_profile(reason: str, *, say: bool = True) -> None:
-    """Leave the full profile for quick, for the rest of the process, saying why in one line (once)."""
-    global _downgraded
-    if _downgraded is None and say:
-        print(f"full profile unavailable: {reason}; using the quick profile")
-    _downgraded = _downgraded or reason
-
-
-def profile_downgraded() -> str | None:
-    """Why the full profile was left for quick in this process, or None if it was not."""
-    return _downgraded
-
-
-def short_path(path: os.PathLike | str) -> str:
-    """A path to print: the home folder as ``~`` so outputs do not depend on the machine."""
-    path = Path(path)
-    try:
-        return "~/" + path.resolve().relative_to(Path.home().resolve()).as_posix()
-    except ValueError:
-        return path.as_posix()
-
-
 class Setup:
     """What :func:`setup` decided; ``pick`` chooses a per-profile setting.
 
@@ -153,7 +123,7 @@ class Setup:
 
     @property
     def profile(self) -> str:
-        return "quick" if _downgraded is not None else self._profile
+        return "quick" if profile_downgraded() is not None else self._profile
 
     @property
     def quick(self) -> bool:
@@ -209,7 +179,7 @@ def setup(seed: int = 0, profile: str | None = None, download_voc: bool = False,
 
 def _download_voc() -> None:
     """VOC2012 for the full profile; a failure downgrades the profile with one line instead of stopping the notebook."""
-    from .data import download_voc2012  # segbook.data imports this module, so look it up lazily
+    from .data import download_voc2012  # here, not on top: ``import segbook`` should not load the data stack
 
     try:
         download_voc2012()

@@ -9,14 +9,13 @@ the loader's batch size: one score per model and data, as VOC's protocol means.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from .data.voc import IGNORE_INDEX
 from .inference import _as_outputs, _model_device
-from .losses import LossFn, call_loss, segmentation_loss
+from .losses import LossFn, call_loss, model_loss
 from .metrics import ConfusionMatrix
 from .runtime import amp_dtype as _amp_dtype
 from .runtime import progress_bar, to_device
@@ -69,13 +68,16 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str |
     ``reduce=True``, inside a ``torch.distributed`` process group, sums the
     counts and the loss of every process before scoring: each process passes
     its own share of the validation set, and all get the scores of the whole.
+    Shares may differ in length or be empty (fewer images than processes): a
+    process that scored nothing joins the sums with zeros. The default loss is
+    the model's own (:func:`segbook.losses.model_loss`).
     """
     if device is not None:
         model.to(device)
     device = _model_device(model)
     dtype = _amp_dtype(amp, device)
     channels_last = device.type == "cuda" if channels_last is None else channels_last
-    loss_fn = loss_fn or partial(segmentation_loss, aux_weights=aux_weights, ignore_index=ignore_index)
+    loss_fn = loss_fn or model_loss(model, aux_weights, ignore_index)
     confusion = ConfusionMatrix(num_classes, ignore_index=ignore_index) if num_classes else None
     loss_sum, pixels = torch.zeros((), dtype=torch.float64, device=device), 0
     was_training = model.training
@@ -98,10 +100,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str |
     finally:
         model.train(was_training)
     if reduce and torch.distributed.is_available() and torch.distributed.is_initialized():
-        if confusion is None:
-            raise ValueError("this process's share of the validation set is empty: pass num_classes, or use "
-                             "fewer processes than validation images.")
-        confusion.all_reduce()
+        confusion = _counts_of_every_process(confusion, ignore_index, device)
         totals = torch.stack([loss_sum, torch.as_tensor(float(pixels), dtype=torch.float64, device=device)])
         torch.distributed.all_reduce(totals)
         loss_sum, pixels = totals[0], totals[1]
@@ -115,3 +114,21 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str |
         "iou": confusion.iou.tolist(),
         "confusion": confusion,
     }
+
+
+def _counts_of_every_process(confusion: ConfusionMatrix | None, ignore_index: int,
+                             device: torch.device) -> ConfusionMatrix | None:
+    """Sum every process's confusion matrix; a process whose share was empty takes part with zeros.
+
+    With fewer validation images than processes, or shares of unequal length,
+    some process may have scored nothing and not know the number of classes.
+    It must still join every collective the others make (or they wait for it
+    for ever), so the processes first agree on K, the largest any of them saw.
+    """
+    known = torch.tensor([confusion.num_classes if confusion is not None else 0], device=device)
+    torch.distributed.all_reduce(known, op=torch.distributed.ReduceOp.MAX)
+    if int(known) == 0:
+        return None  # no process saw an image: the caller's error, raised in every process alike
+    if confusion is None:
+        confusion = ConfusionMatrix(int(known), ignore_index=ignore_index)
+    return confusion.all_reduce()

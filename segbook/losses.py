@@ -7,14 +7,15 @@ crash, only train worse, so it is written once and tested.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .data.voc import IGNORE_INDEX
 from .inference import _as_outputs
 
-__all__ = ["DEFAULT_AUX_WEIGHTS", "LossFn", "segmentation_loss"]
+__all__ = ["DEFAULT_AUX_WEIGHTS", "LossFn", "model_loss", "segmentation_loss"]
 
 DEFAULT_AUX_WEIGHTS = {"aux": 0.4}  # PSPNet's auxiliary head weight (Zhao et al., 2017)
 
@@ -72,3 +73,18 @@ def call_loss(loss_fn: LossFn, outputs, target: Tensor) -> tuple[Tensor, dict[st
     if isinstance(result, tuple):
         return result[0], dict(result[1])
     return result, {}
+
+
+def model_loss(model: nn.Module, aux_weights: Mapping[str, float] | None = None,
+               ignore_index: int = IGNORE_INDEX) -> LossFn:
+    """The loss ``model`` trains with: its class's ``criterion`` if it has one, else :func:`segmentation_loss`.
+
+    One path for every model, so that no caller (``fit``, ``evaluate``, the
+    command line) can forget a model's own loss: PointRend trained with the
+    plain loss gives its point head no gradient at all, and under DDP stops at
+    the second step, waiting for gradients that never come.
+    """
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    criterion = getattr(type(model), "criterion", None) or segmentation_loss
+    return partial(criterion, aux_weights=aux_weights, ignore_index=ignore_index)

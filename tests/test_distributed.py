@@ -9,7 +9,8 @@ its loss over its own counted pixels (VOC's 255 band and the crop padding
 differ between images), so the averaged gradient weights pixels slightly
 differently from one loss over the whole batch. The model has no BatchNorm, so
 batch statistics (which would differ with the share) play no part; hence the
-tolerances below.
+tolerances below. ``test_distributed_ranks.py`` removes both differences (no
+ignored pixels, float64) and compares one step exactly.
 """
 from __future__ import annotations
 

@@ -3,13 +3,13 @@ import pytest
 import torch
 
 import segbook
-from segbook import env
+from segbook import env, profiles
 
 
 @pytest.fixture(autouse=True)
 def fresh_profile(monkeypatch, tmp_path):
     """Each test starts with no downgrade on record, no real VOC and no forced profile or device."""
-    monkeypatch.setattr(env, "_downgraded", None)
+    monkeypatch.setattr(profiles, "_downgraded", None)
     monkeypatch.setenv("SEGBOOK_DATA", str(tmp_path / "home"))
     for name in ("SEGBOOK_VOC_ROOT", "SEGBOOK_PROFILE", "SEGBOOK_DEVICE"):
         monkeypatch.delenv(name, raising=False)

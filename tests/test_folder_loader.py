@@ -84,9 +84,9 @@ def test_load_folder_is_load_voc_s_pipeline(camvid) -> None:
     root, _ = camvid
     train, val = load_folder(root, 2, (8, 8), 4, layout="camvid", seed=3, verbose=False, num_workers=0)
     dataset = FolderSegmentation(root, "train", train_transforms((8, 8), (0.5, 2.0)), layout="camvid")
-    generator = torch.Generator().manual_seed(3)
-    by_hand = DataLoader(data.SeededItems(dataset), batch_size=2, drop_last=True, generator=generator,
-                         sampler=data.SeededShuffle(len(dataset), generator))
+    by_hand = DataLoader(data.SeededItems(dataset), batch_size=2, drop_last=True,
+                         generator=torch.Generator().manual_seed(3),
+                         sampler=data.SeededShuffle(len(dataset), torch.Generator().manual_seed(3)))
     for (images, masks), (hand_images, hand_masks) in zip(train, by_hand):
         assert torch.equal(images, hand_images) and torch.equal(masks, hand_masks)
     other = load_folder(root, 2, (8, 8), 4, layout="camvid", seed=4, verbose=False)[0]

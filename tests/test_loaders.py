@@ -313,9 +313,9 @@ def test_a_toy_root_is_toy_whatever_the_source_says(tmp_path, capsys):
 
 
 def test_the_fallback_to_toy_is_visible_to_the_caller_and_downgrades_the_profile(monkeypatch, capsys):
-    from segbook import env
+    from segbook import env, profiles
 
-    monkeypatch.setattr(env, "_downgraded", None)
+    monkeypatch.setattr(profiles, "_downgraded", None)
     monkeypatch.setattr(data, "download_voc2012", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("offline")))
     voc = get_voc_dir("voc", toy_size=SIZE, verbose=False)
     assert data.is_toy_voc(voc) and env.profile_downgraded().startswith("VOC2012 is not on disk")

@@ -8,23 +8,23 @@ same transforms, so the quick profile runs the very code the full one does.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable
 
-import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from ..env import data_home, short_path
+from ..paths import data_home, short_path
+from ..profiles import downgrade_profile
+from ..runtime import progress_bar
+from .context import get_context_voc_dir, make_context_voc
 from .download import download_voc2012
 from .folder import FolderSegmentation
-from .toy import TOY_CLASSES, TOY_MARKER, TOY_SIZE, TOY_VERSION, make_toy_voc
+from .generated import generate_once
+from .loaders import (PaddedBatch, SeededItems, SeededShuffle, default_num_workers, pad_collate,
+                      segmentation_loaders)
+from .toy import TOY_CLASSES, TOY_SIZE, TOY_VERSION, make_toy_voc
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transforms, train_transforms
-from .voc import (_HOW_TO_GET_VOC, IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES, VOC_COLORMAP, VOCSegmentation, is_toy_voc,
-                  layout_missing, locate_voc, read_image, read_label, restore_hint)
-from .context import get_context_voc_dir, make_context_voc
+from .voc import (_HOW_TO_GET_VOC, IGNORE_INDEX, NUM_CLASSES, TOY_MARKER, VOC_CLASSES, VOC_COLORMAP, VOCSegmentation,
+                  is_toy_voc, layout_missing, locate_voc, read_image, read_label, restore_hint)
 
 __all__ = [
     "VOC_CLASSES", "VOC_COLORMAP", "IGNORE_INDEX", "NUM_CLASSES", "TOY_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD",
@@ -69,33 +69,6 @@ def no_voc_message(root: os.PathLike | str) -> str:
             f"ImageSets/Segmentation/ directly in it.{toy_hint}")
 
 
-def generate_once(parent: Path, name: str, make: Callable[[Path], object], what: str) -> Path:
-    """``parent/name/VOCdevkit/VOC2012``, made by ``make(folder)`` the first time and reused after.
-
-    It is written into a temporary folder that is renamed into place only when
-    complete, so an interrupted generation never leaves a half-made set that a
-    later call would trust (a finished set carries the toy marker file).
-    """
-    final = parent / name
-    voc = final / "VOCdevkit" / "VOC2012"
-    if (voc / TOY_MARKER).is_file():
-        return voc
-    if final.exists():
-        raise FileExistsError(f"{final} exists but is not a finished {what}; delete it and call again.")
-    parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{name}-partial-", dir=parent))
-    try:
-        make(partial)
-        try:
-            os.replace(partial, final)
-        except OSError:  # another process finished first: use theirs
-            if not (voc / TOY_MARKER).is_file():
-                raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return voc
-
-
 def _toy_voc_dir(root: Path | None, seed: int, num_train: int, num_val: int) -> Path:
     """The toy set for these settings, generated once (see :func:`generate_once`); later calls reuse it."""
     parent = Path(root).expanduser() if root is not None else data_home()
@@ -120,7 +93,7 @@ def get_voc_dir(source: str = "auto", root: os.PathLike | str | None = None, *, 
     * ``"auto"``: real VOC2012 when it is already on disk (see :func:`find_voc_dir`), else the toy set;
     * ``"voc"``: real VOC2012, downloaded into ``data_home()/"voc"`` when missing (if ``download``).
       When that fails (offline, say), one line says so, the profile is downgraded to quick
-      (:func:`segbook.env.downgrade_profile`) and the toy set is used, so a notebook carries on;
+      (:func:`segbook.profiles.downgrade_profile`) and the toy set is used, so a notebook carries on;
       :func:`is_toy_voc` on the result tells the caller which it got;
     * ``"toy"``: the toy set (``toy_size`` = (train, val) images, ``toy_seed``), generated once into
       ``root`` or ``data_home()`` as ``toy_voc_v<version>_seed<seed>`` and reused afterwards.
@@ -164,8 +137,6 @@ def _voc_at_root(root: Path, source: str, download: bool, toy_seed: int, toy_siz
 
 def _download_or_fallback(source: str, download: bool, toy_seed: int, toy_size: tuple[int, int]) -> Path:
     """No root given: download VOC2012 when asked for, else (or when that fails) the toy set, said in one line."""
-    from ..env import downgrade_profile
-
     if source == "voc":
         if download:
             try:
@@ -179,50 +150,6 @@ def _download_or_fallback(source: str, download: bool, toy_seed: int, toy_size: 
     return _toy_voc_dir(None, toy_seed, *toy_size)
 
 
-class PaddedBatch(tuple):
-    """``(images, masks)`` padded to a common size, with each image's own ``(H, W)`` in ``sizes``.
-
-    It unpacks like the plain pair (``images, masks = batch``), so code that
-    only wants tensors is untouched, while :func:`segbook.evaluation.evaluate`
-    reads ``sizes`` to cut the padding off and score each image alone: a score
-    that does not depend on which images happened to share a batch.
-    """
-
-    sizes: tuple[tuple[int, int], ...]
-
-    def __new__(cls, images: torch.Tensor, masks: torch.Tensor, sizes) -> "PaddedBatch":
-        batch = super().__new__(cls, (images, masks))
-        batch.sizes = tuple((int(h), int(w)) for h, w in sizes)
-        return batch
-
-    def __getnewargs__(self):  # pickling (worker processes) rebuilds it with its sizes
-        return (self[0], self[1], self.sizes)
-
-    def pin_memory(self) -> "PaddedBatch":  # DataLoader(pin_memory=True) would otherwise return a plain list
-        return PaddedBatch(self[0].pin_memory(), self[1].pin_memory(), self.sizes)
-
-
-def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> PaddedBatch:
-    """Stack (image, mask) pairs of different sizes by padding each at the bottom and right.
-
-    Validation scores whole images, as VOC's metric does, and images differ in
-    size; resizing them would change the labels being scored. Padding keeps every
-    pixel where it was: images get 0 (ImageNet's mean colour once normalised, the
-    fill of training crops and sliding windows too) and masks get 255, so padded
-    pixels are ignored by the loss and the metrics. The batch remembers each
-    image's size, so evaluation can score every image without the padding.
-    """
-    height = max(image.shape[-2] for image, _ in batch)
-    width = max(image.shape[-1] for image, _ in batch)
-    images, masks = [], []
-    for image, mask in batch:
-        pad = (0, width - image.shape[-1], 0, height - image.shape[-2])  # (left, right, top, bottom)
-        images.append(F.pad(image, pad, value=0.0))  # (3, H, W)
-        masks.append(F.pad(mask, pad, value=IGNORE_INDEX))  # (H, W)
-    sizes = [tuple(image.shape[-2:]) for image, _ in batch]
-    return PaddedBatch(torch.stack(images), torch.stack(masks), sizes)  # (B, 3, H, W), (B, H, W)
-
-
 def check_labels(dataset: Dataset, *, progress: bool | None = None, desc: str = "checking labels") -> list[tuple[int, int]]:
     """Read every label of ``dataset`` (and the size of its image) now, so a bad file stops the run before epoch 1.
 
@@ -234,8 +161,6 @@ def check_labels(dataset: Dataset, *, progress: bool | None = None, desc: str = 
     command line uses to check the crop size against the images.
     """
     from PIL import Image
-
-    from ..runtime import progress_bar
 
     base = dataset
     while not hasattr(base, "label_path") and not hasattr(base, "labels") and hasattr(base, "dataset"):
@@ -260,70 +185,6 @@ def check_labels(dataset: Dataset, *, progress: bool | None = None, desc: str = 
                              f"{restore_hint(label_path)}")
         sizes.append((height, width))
     return sizes
-
-
-class SeededShuffle(Sampler):
-    """A shuffled order plus one random seed per item, both drawn from one generator.
-
-    The loader's randomness then lives in the sampler alone: the same generator
-    seed gives the same batches, augmentations included, whatever the number
-    of worker processes (each item re-seeds torch's RNG with its own seed).
-    """
-
-    def __init__(self, size: int, generator: torch.Generator) -> None:
-        self.size = size
-        self.generator = generator
-
-    def __iter__(self):
-        order = torch.randperm(self.size, generator=self.generator)  # (N,)
-        seeds = torch.randint(0, 2 ** 62, (self.size,), generator=self.generator)  # (N,)
-        return iter(zip(order.tolist(), seeds.tolist()))
-
-    def __len__(self) -> int:
-        return self.size
-
-
-class SeededItems(Dataset):
-    """Wraps a dataset so item ``(index, seed)`` draws its random transforms from ``seed``."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]):
-        index, seed = key
-        with torch.random.fork_rng(devices=[]):  # the caller's RNG state is left as it was
-            torch.manual_seed(seed)
-            return self.dataset[index]
-
-
-def default_num_workers() -> int:
-    """0 on small machines (worker start-up costs more than it saves on 2 cores), else up to 4."""
-    cpus = os.cpu_count() or 1
-    return 0 if cpus <= 2 else min(4, cpus)
-
-
-def segmentation_loaders(train_set: Dataset, val_set: Dataset, batch_size: int, *, val_batch_size: int | None = None,
-                         num_workers: int | None = None, seed: int = 0) -> tuple[DataLoader, DataLoader]:
-    """The book's two loaders over any pair of segmentation datasets (VOC, the toy set, a folder).
-
-    Train: reshuffled every epoch, each item's random transforms drawn from its
-    own seed, all from one generator seeded with ``seed`` (so the batches do not
-    depend on ``num_workers``); the last incomplete batch is dropped unless the
-    split is no larger than a batch. Validation: in order, whole images collated
-    by :func:`pad_collate`, whose batches carry each image's size.
-    """
-    workers = default_num_workers() if num_workers is None else num_workers
-    generator = torch.Generator().manual_seed(seed)  # all the loaders' randomness; torch's global RNG is not used
-    common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
-    train_loader = DataLoader(SeededItems(train_set), batch_size=batch_size,
-                              sampler=SeededShuffle(len(train_set), generator), generator=generator,
-                              drop_last=len(train_set) > batch_size, **common)
-    val_loader = DataLoader(val_set, batch_size=val_batch_size or batch_size, shuffle=False,
-                            collate_fn=pad_collate, generator=torch.Generator().manual_seed(seed), **common)
-    return train_loader, val_loader
 
 
 def load_voc(batch_size: int, crop_size: int | tuple[int, int], source: str = "auto",

@@ -38,10 +38,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..env import data_home
-from .toy import _CLUTTER_TEXTURES, TOY_MARKER, _border_band, _box, _color_pair, _frame, _gradient, _polygon, \
+from ..paths import data_home
+from .generated import generate_once
+from .toy import _CLUTTER_TEXTURES, _border_band, _box, _color_pair, _frame, _gradient, _polygon, \
     _smooth_noise, toy_ids
-from .voc import VOC_CLASSES, voc_palette
+from .voc import TOY_MARKER, VOC_CLASSES, voc_palette
 
 __all__ = ["CONTEXT_CLASSES", "CONTEXT_SIZE", "CONTEXT_VERSION", "SCENES", "context_sample", "get_context_voc_dir",
            "make_context_voc"]
@@ -237,8 +238,6 @@ def get_context_voc_dir(root: os.PathLike | str | None = None, *, seed: int = 0,
     so an interrupted generation never leaves a half-made set that a later call
     would trust. Extra keywords go to :func:`make_context_voc` and name the folder.
     """
-    from . import generate_once  # segbook.data imports this module
-
     parent = Path(root).expanduser() if root is not None else data_home()
     name = f"context_voc_v{CONTEXT_VERSION}_seed{seed}_{num_train}x{num_val}"
     name += "".join(f"_{key}{value}" for key, value in sorted(kwargs.items())).replace(" ", "")

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from ..env import data_home
+from ..paths import data_home
 from .voc import VOC_ARCHIVE_NAME, layout_missing, missing_files, split_ids
 
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"  # the official host

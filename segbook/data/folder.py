@@ -25,6 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from .loaders import segmentation_loaders
+from .transforms import eval_transforms, train_transforms
 from .voc import IGNORE_INDEX, read_image, segmentation_item
 
 __all__ = ["FolderSegmentation", "IMAGE_SUFFIXES", "LAYOUTS", "load_folder"]
@@ -196,8 +198,6 @@ def load_folder(root: os.PathLike | str, batch_size: int, crop_size: int | tuple
             ``"valid"`` (CamVid's usual name), whichever the root holds.
         label_suffix, ignore_index: see :class:`FolderSegmentation`.
     """
-    from . import segmentation_loaders  # load_voc's own loaders; segbook.data imports this module
-    from .transforms import eval_transforms, train_transforms
 
     _check_class_table(num_classes, class_names, palette)
     if layout not in LAYOUTS:

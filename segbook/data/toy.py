@@ -36,11 +36,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .voc import IGNORE_INDEX, VOC_CLASSES, voc_palette
+from .voc import IGNORE_INDEX, TOY_MARKER, VOC_CLASSES, voc_palette
 
 TOY_VERSION = 2  # bump when the pictures change, so cached copies are not reused
 TOY_CLASSES = ("aeroplane", "bottle", "car", "cat", "person")  # the VOC classes that the toy set draws
-TOY_MARKER = ".segbook_toy"  # a file in VOC2012/ that says "generated": never mistaken for the real set
 TOY_SIZE = (200, 50)  # (train, val) images by default: 25 batches of 8 an epoch, validation in seconds
 
 # --------------------------------------------------------------------------- shape primitives

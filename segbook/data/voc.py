@@ -56,6 +56,9 @@ _HOW_TO_GET_VOC = (
 _VOC_LAYOUT = "JPEGImages/<id>.jpg, SegmentationClass/<id>.png and ImageSets/Segmentation/<split>.txt"
 VOC_ARCHIVE_NAME = "VOCtrainval_11-May-2012.tar"
 _LAYOUT_PARTS = ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation/train.txt")
+# A file in VOC2012/ that says "generated": never mistaken for the real set. It is defined by the reader,
+# which must recognise it, and written by the generators (toy.py, context.py), which import it from here.
+TOY_MARKER = ".segbook_toy"
 
 
 def layout_missing(voc_dir: os.PathLike | str) -> list[str]:
@@ -79,8 +82,6 @@ def locate_voc(folder: os.PathLike | str) -> Path | None:
 
 def is_toy_voc(voc_dir: os.PathLike | str) -> bool:
     """Whether ``voc_dir`` is a generated toy set (it carries the toy marker), not Pascal VOC2012."""
-    from .toy import TOY_MARKER  # toy.py imports this module: look the name up when it is needed
-
     return (Path(voc_dir) / TOY_MARKER).is_file()
 
 

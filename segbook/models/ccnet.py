@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segbook.models import register_model
+from segbook.models.registry import register_model
 from segbook.models.backbones import ResNetBackbone
 from segbook.models.base import FCNHead, SegmentationModel
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from segbook.models import register_model
+from segbook.models.registry import register_model
 from segbook.models.backbones import ResNetBackbone
 from segbook.models.base import FCNHead, SegmentationModel, resize_to
 

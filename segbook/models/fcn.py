@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from segbook.models import register_model
+from segbook.models.registry import register_model
 from segbook.models.base import SegmentationModel
 from segbook.models.backbones import ResNetBackbone
 from segbook.upsample import AlignedUpsampler, bilinear_upsampler

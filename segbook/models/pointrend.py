@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from segbook.data.voc import IGNORE_INDEX
 from segbook.losses import segmentation_loss
-from segbook.models import register_model
+from segbook.models.registry import register_model
 from segbook.models.base import resize_to
 from segbook.models.deeplab import DeepLabV3Plus
 
@@ -310,10 +310,16 @@ class PointRend(nn.Module):
 
     ``forward(images)`` in training returns ``"out"`` (the coarse logits resized to
     (H, W)), ``"point_logits"`` (B, K, P), ``"point_coords"`` (B, P, 2) and ``"aux"``
-    with an auxiliary head; train with ``fit(..., loss_fn=point_loss)``. In eval it
+    with an auxiliary head; ``fit`` and the command line train it with :func:`point_loss`,
+    its ``criterion`` (see :func:`segbook.losses.model_loss`). In eval it
     returns ``"out"`` from :func:`subdivision_inference`, and with
     ``return_steps=True`` also ``"coarse"`` (B, K, h, w) and ``"steps"``.
     """
+
+    @staticmethod
+    def criterion(outputs: Mapping[str, Tensor], target: Tensor, **kwargs) -> tuple[Tensor, dict[str, Tensor]]:
+        """:func:`point_loss`: without its point term the point head would learn nothing."""
+        return point_loss(outputs, target, **kwargs)
 
     def __init__(self, num_classes: int = 21, coarse: str = "deeplabv3plus", backbone: str = "resnet50",
                  num_points: int = 2048, oversample_ratio: float = 3, importance_sample_ratio: float = 0.75,

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from segbook.models import register_model
+from segbook.models.registry import register_model
 from segbook.models.backbones import ResNetBackbone
 from segbook.models.base import FCNHead, SegmentationModel, resize_to
 

@@ -36,12 +36,21 @@ Usage::
     python3 benchmarks/attention_cost.py --sizes 25 49 97 129 161 --reps 5
     python3 benchmarks/attention_cost.py --device cuda
     python3 benchmarks/attention_cost.py --threads 2        # CPU threads (default 1, see --help)
+    python3 benchmarks/attention_cost.py --output segbook/results/attention_cost.json
+
+With ``--output`` every number printed is also written as JSON, with the
+configuration, thread count, machine and torch version: chapter 5 prints its
+memory comparison from the copy stored in ``segbook/results/``. Without it
+nothing is written, so a trial run never replaces the stored one.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -197,7 +206,7 @@ def print_table(size: int, results: dict[str, dict]) -> None:
               f"{r['train_mib']:11.1f} {r['train_mib'] / base['train_mib']:6.2f}")
 
 
-def paper_setting(device: str, max_gib: float, results: dict[str, dict] | None) -> None:
+def paper_setting(device: str, max_gib: float, results: dict[str, dict] | None) -> dict:
     """The paper's comparison: R=2 against non-local on a 97x97 map with 512 channels."""
     size, channels = PAPER["size"], PAPER["channels"]
     cc_flops, nl_flops = gflops("cc R=2", channels, size), gflops("non-local", channels, size)
@@ -215,13 +224,36 @@ def paper_setting(device: str, max_gib: float, results: dict[str, dict] | None) 
     print(f"  FLOPs:  {cc_flops:.1f} vs {nl_flops:.1f} GFLOPs -> {saved:.1%} fewer "
           f"(paper: about {PAPER['flops_saved']:.0%} fewer)")
     cc, nl = results["cc R=2"], results["non-local"]
+    summary = {"size": size, "channels": channels, "cc_gflops": round(cc_flops, 2),
+               "non_local_gflops": round(nl_flops, 2), "flops_saved": round(saved, 4)}
     if "skipped" in cc or "skipped" in nl:
         print(f"  memory: not measured ({nl.get('skipped') or cc.get('skipped')})")
-        return
+        return summary
+    for key in ("fwd_mib", "train_mib"):
+        summary[f"cc_{key}"], summary[f"non_local_{key}"] = round(cc[key], 1), round(nl[key], 1)
+        summary[f"{key}_ratio"] = round(nl[key] / cc[key], 2)
     where = "GPU" if device == "cuda" else "CPU"
     for key, what in (("fwd_mib", "forward, autograd on"), ("train_mib", "forward + backward")):
         print(f"  memory ({what}): {cc[key]:.0f} vs {nl[key]:.0f} MiB on the {where} -> "
               f"{nl[key] / cc[key]:.1f}x less (paper: {PAPER['memory_ratio']:.0f}x less GPU memory)")
+    return summary
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def json_rows(size: int, results: dict[str, dict]) -> list[dict]:
+    """The table of one map size as JSON rows (the raw repeat times left out)."""
+    keep = ("gflops", "ms", "fwd_mib", "train_mib", "skipped")
+    return [{"size": size, "method": method, **{k: (round(v, 3) if isinstance(v, float) else v)
+                                                for k, v in r.items() if k in keep}}
+            for method, r in results.items()]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -233,6 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: on a shared machine, OpenMP threads waiting for a busy "
                              "core can make a millisecond call take a second)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="also write every measurement and its configuration to this JSON file")
     parser.add_argument("--max-gib", type=float, default=None,
                         help="skip non-local when its (hw, hw) matrices need more (default: half the free memory)")
     args = parser.parse_args(argv)
@@ -245,14 +279,26 @@ def main(argv: list[str] | None = None) -> None:
           f"batch 1 | time: median of {args.reps} interleaved forwards (no grad) | "
           "memory: peak of a forward (autograd on), and of forward + backward")
     start = time.perf_counter()
-    paper_results = None
+    paper_results, table = None, []
     for size in args.sizes:
         results = measure(size, args.channels, device, args.reps, max_gib)
         print_table(size, results)
+        table += json_rows(size, results)
         if size == PAPER["size"] and args.channels == PAPER["channels"]:
             paper_results = results
-    paper_setting(device, max_gib, paper_results)
+    paper = paper_setting(device, max_gib, paper_results)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    if args.output:
+        stored = {"config": {"channels": args.channels, "sizes": args.sizes, "reps": args.reps, "batch": 1,
+                             "threads": torch.get_num_threads() if device == "cpu" else None,
+                             "time": "median of interleaved forwards, no grad",
+                             "memory": "peak of a forward with autograd on, and of forward + backward, "
+                                       "beyond the input and the weights"},
+                  "device": device, "device_name": name if device == "cuda" else cpu_name(),
+                  "torch": torch.__version__, "machine": platform.machine(),
+                  "table": table, "paper_setting": paper}
+        args.output.write_text(json.dumps(stored, indent=1) + "\n")
+        print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

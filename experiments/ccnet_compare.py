@@ -2,23 +2,22 @@
 
 Chapter 5 trains CCNet once; this script trains the three heads on the same
 dilated ResNet-18, data and schedule (the chapter's quick settings) for each
-seed, and writes the final validation scores to
-``segbook/results/ccnet_compare.json`` (package data), which the chapter loads
-with ``segbook.results.load_results``. The "dilated FCN" is PSPNet with no
+seed, and writes the final validation scores as JSON: to a scratch file by
+default, and with ``--write`` to ``segbook/results/ccnet_compare.json``
+(package data), which the chapter loads with ``segbook.results.load_results``. The "dilated FCN" is PSPNet with no
 pyramid (``pool_sizes=()``): the same head convolution and auxiliary head,
 without context. It also stores one cheap ``check`` run that
 ``tests/test_ccnet_results.py`` repeats. A run takes about 30 s on 2 quiet CPU
 cores (several minutes when other work shares them).
 
-    python experiments/ccnet_compare.py [--seeds 0 1 2] [--epochs 3] [--threads 2]
+    python experiments/ccnet_compare.py [--seeds 0 1 2] [--epochs 3] [--threads 2] [--output PATH | --write]
+
+After ``--write``, run ``python experiments/check_spread.py ccnet_compare``: the
+test's tolerance comes from the spread that script adds to the file.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import time
-from pathlib import Path
 
 import torch
 
@@ -27,7 +26,8 @@ from segbook.data import NUM_CLASSES, load_voc
 from segbook.models import build_model
 from segbook.train import fit
 
-RESULTS = Path(__file__).resolve().parent.parent / "segbook" / "results" / "ccnet_compare.json"  # shipped
+from _harness import add_output_options, output_path, side_by_side, stamp, write_json  # experiments/_harness.py
+
 QUICK = dict(backbone="resnet18", output_stride=16, crop_size=(96, 128), batch_size=8, epochs=3,
              lr=0.01)  # chapter 5's quick profile
 MODELS = {  # name in the table: (registered model, extra keywords)
@@ -67,28 +67,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--epochs", type=int, default=QUICK["epochs"])
     parser.add_argument("--threads", type=int, default=2)
+    add_output_options(parser, "ccnet_compare")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    path = output_path(args, "ccnet_compare")
     settings = {**QUICK, "epochs": args.epochs, "threads": args.threads,
                 "crop_size": list(QUICK["crop_size"])}
-    rows: list[dict] = []
 
-    def write(check: dict | None) -> None:  # after every run, so a stopped run keeps what it made
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps({"settings": settings, "models": MODELS, "torch": torch.__version__,
-                                       "machine": platform.machine(), "runs": rows, "check": check},
-                                      indent=1) + "\n")
+    def write(rows: list[dict], check: dict | None = None) -> None:  # after every run: a stopped run keeps its rows
+        write_json(path, {"settings": settings, "models": MODELS, **stamp(), "runs": rows, "check": check})
 
-    for seed in args.seeds:
-        for label in MODELS:  # side by side, so machine load hits all three alike
-            began = time.perf_counter()
-            rows.append(run(label, seed, args.epochs))
-            print(rows[-1], f"({time.perf_counter() - began:.0f} s)", flush=True)
-            write(None)
-    check = run(CHECK["model"], CHECK["seed"], CHECK["epochs"])
+    rows = side_by_side(args.seeds, MODELS, lambda label, seed: run(label, seed, args.epochs), done=write)
+    check = run_check()
     print("check", check, flush=True)
-    write(check)
-    print(f"wrote {RESULTS}")
+    write(rows, check)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -13,20 +13,21 @@ the whole validation split: mIoU, car and boat IoU, the car<->boat confusion
 the label x prediction counts for background, car and boat.
 
 Every invocation appends its rows to ``context_compare_log.jsonl``; ``--from-log
-TAG`` writes ``segbook/results/context_compare.json`` (package data, which the
-chapter loads) from every run with that tag, and adds a fresh run of ``CHECK``,
-the cheap configuration the tests repeat. About 100 s per run on one quiet core;
+TAG`` writes the results file from every run with that tag, and adds a fresh run
+of ``CHECK``, the cheap configuration the tests repeat: to a scratch file by
+default, and with ``--write`` to ``segbook/results/context_compare.json``
+(package data, which the chapter loads; then run ``check_spread.py
+context_compare`` again). About 100 s per run on one quiet core;
 two invocations with different seeds can share a two-core machine:
 
     python experiments/context_compare.py --seeds 0 --tag B & python experiments/context_compare.py --seeds 1 --tag B
     python experiments/context_compare.py --seeds 2 --tag B
-    python experiments/context_compare.py --from-log B
+    python experiments/context_compare.py --from-log B --write
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -39,6 +40,8 @@ from segbook.data.voc import VOC_CLASSES
 from segbook.metrics import ConfusionMatrix
 from segbook.models import build_model
 from segbook.train import fit
+
+from _harness import add_output_options, output_path, side_by_side, stamp, write_json  # experiments/_harness.py
 
 RESULTS = Path(__file__).resolve().parent.parent / "segbook" / "results" / "context_compare.json"
 LOG = Path(__file__).resolve().parent / "context_compare_log.jsonl"  # every invocation's rows, appended
@@ -132,8 +135,8 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
-def write_from_log(tag: str) -> None:
-    """Write the results file from every logged run tagged ``tag``, plus a fresh run of ``CHECK``."""
+def write_from_log(tag: str, path: Path) -> None:
+    """Write the results file ``path`` from every logged run tagged ``tag``, plus a fresh run of ``CHECK``."""
     entries = [json.loads(line) for line in LOG.read_text().splitlines() if json.loads(line)["tag"] == tag]
     if not entries:
         raise SystemExit(f"no runs tagged {tag!r} in {LOG}.")
@@ -144,12 +147,11 @@ def write_from_log(tag: str) -> None:
     rows = sorted((r for e in entries for r in e["runs"]), key=lambda r: (r["seed"], order.index(r["model"])))
     torch.set_num_threads(settings["threads"])
     check = run(settings, CHECK["model"], CHECK["seed"], CHECK["epochs"])
-    RESULTS.write_text(json.dumps({"settings": settings, "models": {k: {"pool_sizes": list(v["pool_sizes"]),
-                                                                        "aux": v["aux"]} for k, v in MODELS.items()},
-                                   "torch": torch.__version__, "machine": platform.machine(),
-                                   "summary": summary(rows), "runs": rows, "check": check}, indent=1) + "\n")
+    models = {k: {"pool_sizes": list(v["pool_sizes"]), "aux": v["aux"]} for k, v in MODELS.items()}
+    write_json(path, {"settings": settings, "models": models, **stamp(), "summary": summary(rows), "runs": rows,
+                      "check": check})
     print(json.dumps(summary(rows), indent=1))
-    print(f"wrote {RESULTS}")
+    print(f"wrote {path}")
 
 
 def main() -> None:
@@ -175,16 +177,14 @@ def main() -> None:
     parser.add_argument("--tag", default="")
     parser.add_argument("--from-log", metavar="TAG", help="train nothing: write the results file from the "
                         "logged runs with this tag (seeds may come from several invocations)")
+    add_output_options(parser, "context_compare")
     args = parser.parse_args()
     if args.from_log:
-        return write_from_log(args.from_log)
+        return write_from_log(args.from_log, output_path(args, "context_compare"))
     torch.set_num_threads(args.threads)
-    settings = {k: v for k, v in vars(args).items() if k not in ("tag", "seeds", "models", "from_log")}
-    rows = []
-    for seed in args.seeds:
-        for name in args.models:  # side by side, so machine load hits both alike
-            rows.append(run(settings, name, seed))
-            print(args.tag, json.dumps(rows[-1]), flush=True)
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("tag", "seeds", "models", "from_log", "output", "write")}
+    rows = side_by_side(args.seeds, args.models, lambda name, seed: run(settings, name, seed), tag=args.tag)
     with LOG.open("a") as f:
         f.write(json.dumps({"tag": args.tag, "settings": settings, "runs": rows}) + "\n")
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from segbook.sizes import as_pair
 
-__all__ = ["effective_receptive_field", "receptive_field", "resnet_path", "square_holding"]
+__all__ = ["effective_receptive_field", "receptive_field", "resnet_path"]
 
 
 def _geometry(layer: nn.Module) -> tuple[int, int, int]:
@@ -88,24 +88,3 @@ def effective_receptive_field(model: nn.Module, images: Tensor, output: str = "o
     if total == 0:
         raise ValueError("the centre logits do not depend on the input at all (a dead network?).")
     return field / total
-
-
-def square_holding(field: Tensor, fraction: float = 0.9) -> int:
-    """Side of the smallest square centred on ``field``'s centre pixel that holds ``fraction`` of its sum.
-
-    ``field`` is ``(H, W)`` and non-negative (an :func:`effective_receptive_field`).
-    Squares have odd sides ``1, 3, 5, ...`` around ``(H // 2, W // 2)``, clipped at
-    the borders; if even the whole map is not enough (impossible for a map that
-    sums to one), the largest side is returned.
-    """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
-    if field.dim() != 2 or (field < 0).any():
-        raise ValueError("square_holding needs a non-negative (H, W) map.")
-    height, width = field.shape
-    row, col, total = height // 2, width // 2, field.sum()
-    for half in range(max(height, width)):
-        inside = field[max(0, row - half):row + half + 1, max(0, col - half):col + half + 1].sum()
-        if inside >= fraction * total * (1 - 1e-6):
-            return 2 * half + 1
-    return 2 * max(height, width) - 1

@@ -141,6 +141,29 @@ def test_unknown_aux_stage_names_the_stages() -> None:
         model(torch.randn(2, 3, 32, 32))
 
 
+def test_aux_classes_builds_the_usual_fcn_head_on_the_aux_stage() -> None:
+    # PSPNet and CCNet ask the base for their auxiliary head; it must be the FCNHead they used to build
+    # themselves, created at the same point (after the head), so seeded weights are unchanged.
+    from segbook.models.backbones import ResNetBackbone
+
+    def built(by_hand: bool) -> SegmentationModel:
+        torch.manual_seed(0)
+        body = ResNetBackbone("resnet18", output_stride=8)
+        head = nn.Conv2d(512, K, 1)
+        if by_hand:
+            return SegmentationModel(body, head, FCNHead(256, K, 0.2), aux_stage="layer3")
+        return SegmentationModel(body, head, aux_stage="layer3", aux_classes=K, aux_dropout=0.2)
+
+    ours, theirs = built(False), built(True)
+    assert isinstance(ours.aux_head, FCNHead) and ours.aux_head[0].in_channels == 256
+    assert ours.aux_head[3].p == 0.2 and ours.aux_head[4].out_channels == K
+    for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert SegmentationModel(TinyBackbone(), TwoStageHead()).aux_head is None
+    with pytest.raises(ValueError, match="not both"):
+        SegmentationModel(TinyBackbone(), TwoStageHead(), nn.Conv2d(4, K, 1), aux_classes=K)
+
+
 def test_resize_to_is_a_no_op_at_the_right_size() -> None:
     x = torch.randn(1, K, 5, 7)
     assert resize_to(x, (5, 7)) is x

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from segbook.models import ResNetBackbone, build_model
-from segbook.receptive_field import effective_receptive_field, receptive_field, resnet_path, square_holding
+from segbook.receptive_field import effective_receptive_field, receptive_field, resnet_path
 
 
 def _positive(backbone: ResNetBackbone) -> ResNetBackbone:
@@ -73,24 +73,6 @@ def test_receptive_field_rejects_what_it_cannot_handle() -> None:
     assert receptive_field([nn.Conv2d(1, 1, 3, dilation=4), nn.MaxPool2d(2)]) == (10, 2)  # 1 + 2*4, + 1
 
 
-def test_square_holding_on_hand_made_maps() -> None:
-    field = torch.zeros(9, 9)
-    field[4, 4] = 0.5
-    field[2, 6] = 0.3          # two rows up, two columns right: inside the 5x5 square
-    field[0, 0] = 0.2          # the corner: only the whole 9x9 square holds it
-    assert square_holding(field, 0.5) == 1
-    assert square_holding(field, 0.8) == 5
-    assert square_holding(field, 0.81) == 9
-    assert square_holding(field, 1.0) == 9
-    even = torch.zeros(4, 6)
-    even[2, 3] = 1.0           # the centre pixel of an even map is (H // 2, W // 2)
-    assert square_holding(even, 1.0) == 1
-    with pytest.raises(ValueError, match="fraction"):
-        square_holding(field, 0)
-    with pytest.raises(ValueError, match="non-negative"):
-        square_holding(-field, 0.5)
-
-
 def test_effective_field_is_a_distribution_centred_on_the_pixel() -> None:
     # A 5x5 box filter "network": the gradient of its centre output is the box itself.
     class Box(nn.Module):
@@ -101,7 +83,6 @@ def test_effective_field_is_a_distribution_centred_on_the_pixel() -> None:
     expected = torch.zeros(11, 13)
     expected[3:8, 4:9] = 1 / 25
     torch.testing.assert_close(field, expected)
-    assert square_holding(field, 1.0) == 5
 
 
 def test_pyramid_pooling_reaches_the_whole_image() -> None:

@@ -90,7 +90,6 @@ def dilate_resnet_(model: ResNet, replace_stride_with_dilation: Sequence[bool]) 
             first.stride = 1
             if first.downsample is not None:
                 first.downsample[0].stride = (1, 1)
-    model.dilation = dilation
     return model
 
 

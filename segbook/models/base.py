@@ -60,11 +60,19 @@ class SegmentationModel(nn.Module):
             :class:`FCNHead`, say). Its logits, resized to (H, W), ride in ``"aux"``
             in training mode only: evaluation and inference skip its cost.
         aux_stage: which stage the auxiliary head reads (PSPNet: ``layer3``).
+        aux_classes: instead of ``aux_head``, build the usual one here: an
+            :class:`FCNHead` from ``backbone.channels[aux_stage]`` to ``aux_classes``
+            classes with dropout ``aux_dropout`` (PSPNet's, CCNet's and DeepLabV3+'s).
+            ``None``: no auxiliary head unless ``aux_head`` is given.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None,
-                 aux_stage: str = "layer3") -> None:
+                 aux_stage: str = "layer3", *, aux_classes: int | None = None, aux_dropout: float = 0.1) -> None:
         super().__init__()
+        if aux_classes is not None:
+            if aux_head is not None:
+                raise ValueError("pass aux_head or aux_classes, not both: aux_classes builds the FCNHead itself.")
+            aux_head = FCNHead(backbone.channels[aux_stage], aux_classes, aux_dropout)  # (B, K, h', w')
         self.backbone, self.head, self.aux_head, self.aux_stage = backbone, head, aux_head, aux_stage
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:

@@ -8,7 +8,7 @@ Criss-cross attention lets each pixel attend only to its own row and column,
 criss-cross attention, R = 2), information from any pixel reaches any other
 through the pixel where the first one's column meets the second one's row.
 
-Shape letters (DESIGN.md): B batch, K classes, C channels, C' = C/8 for the
+Shape letters, as in every chapter of the book: B batch, K classes, C channels, C' = C/8 for the
 queries and keys, h x w a feature map, R recurrences.
 
 The functions here come in three formulations that compute the same thing:
@@ -227,6 +227,11 @@ class RCCAModule(nn.Module):
     the image is the model's job, after the classifier, where it is K channels
     rather than C/4 wide.
 
+    Widths: the official code (speedinghzl/CCNet, ``RCCAModule(2048, 512, K)``)
+    also reduces to C/4, but gives ``bottleneck`` a fixed 512 outputs; here it
+    is C/4 as well. The two agree for ResNet-50/101 (C = 2048); on a ResNet-18
+    (C = 512) this head is 128 wide where the official one would be 512.
+
     ``forward`` takes the feature map (B, C, h, w), or the backbone's mapping of
     stages, from which it reads ``stage`` (as a head of :class:`SegmentationModel`).
     """
@@ -278,6 +283,6 @@ class CCNet(SegmentationModel):
                  pretrained_backbone: bool | str | Path = False) -> None:
         body = ResNetBackbone(backbone, output_stride=output_stride, pretrained=pretrained_backbone)
         head = RCCAModule(body.channels["layer4"], num_classes, recurrence, dropout)
-        aux_head = FCNHead(body.channels["layer3"], num_classes, dropout) if aux else None
-        super().__init__(body, head, aux_head, aux_stage="layer3")
+        super().__init__(body, head, aux_stage="layer3", aux_classes=num_classes if aux else None,
+                         aux_dropout=dropout)
         self.num_classes = num_classes

@@ -140,6 +140,6 @@ class PSPNet(SegmentationModel):
                  pool_norm: str = "batch") -> None:
         body = ResNetBackbone(backbone, output_stride=output_stride, pretrained=pretrained_backbone)
         head = PSPHead(body.channels["layer4"], num_classes, pool_sizes, channels, dropout, pool_norm=pool_norm)
-        aux_head = FCNHead(body.channels["layer3"], num_classes, dropout) if aux else None
-        super().__init__(body, head, aux_head, aux_stage="layer3")
+        super().__init__(body, head, aux_stage="layer3", aux_classes=num_classes if aux else None,
+                         aux_dropout=dropout)
         self.num_classes = num_classes

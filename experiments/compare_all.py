@@ -20,6 +20,13 @@ It writes ``segbook/results/compare_all.json`` (package data, loaded by chapter
 minutes on two quiet CPU cores (six of them training).
 
     python experiments/compare_all.py [--seed 0] [--repeats 5]
+
+More seeds for some models, without touching the shipped table: ``--seeds-out``
+trains only ``--models`` (labels of ``MODELS``) for each of ``--seeds`` and adds
+the rows to ``segbook/results/compare_all_seeds.json`` (no costs, no check row),
+which chapter 7 reads for its seed ranges. About two minutes a run on a quiet core.
+
+    python experiments/compare_all.py --seeds-out --seeds 1 2 --models "dilated FCN" PSPNet CCNet
 """
 from __future__ import annotations
 
@@ -45,6 +52,7 @@ from segbook.models.pointrend import point_loss  # noqa: E402
 from segbook.train import fit, segmentation_loss  # noqa: E402
 
 RESULTS = HERE.parent / "segbook" / "results" / "compare_all.json"  # shipped
+SEEDS_RESULTS = HERE.parent / "segbook" / "results" / "compare_all_seeds.json"  # extra seeds, shipped
 QUICK = dict(crop_size=(96, 128), batch_size=8, epochs=3, lr=0.01)  # chapter 3's quick profile
 DEEPLAB = dict(output_stride=16, aspp_channels=64, decoder_channels=64)  # chapter 6's quick DeepLabV3+
 MODELS = {  # name in the table: (registered model, keywords); every one on a ResNet-18
@@ -127,8 +135,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=QUICK["epochs"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds-out", action="store_true",
+                        help=f"train --models for --seeds and add the rows to {SEEDS_RESULTS.name}")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.seeds_out:
+        extra_seeds(args)
+        return
     rows = []
     for label in MODELS:
         rows.append(run(label, args.seed, args.epochs))
@@ -143,6 +158,23 @@ def main() -> None:
         "torch": torch.__version__, "machine": platform.machine(), "cpus": torch.get_num_threads(),
         "runs": rows, "costs": measured, "check": check}, indent=1) + "\n")
     print(f"wrote {RESULTS}")
+
+
+def extra_seeds(args: argparse.Namespace) -> None:
+    """Train ``args.models`` for ``args.seeds``; add the rows to ``SEEDS_RESULTS`` (a row per model and seed)."""
+    settings = {**QUICK, "epochs": args.epochs, "threads": args.threads}
+    stored = json.loads(SEEDS_RESULTS.read_text()) if SEEDS_RESULTS.exists() else {"settings": settings, "runs": []}
+    if stored["settings"] != settings:
+        raise SystemExit(f"{SEEDS_RESULTS} holds runs with {stored['settings']}, not {settings}; "
+                         "move it away or run with its settings.")
+    for label in args.models:
+        for seed in args.seeds:
+            row = run(label, seed, args.epochs)
+            print(json.dumps(row), flush=True)
+            stored["runs"] = [r for r in stored["runs"] if (r["model"], r["seed"]) != (label, seed)] + [row]
+            stored.update(torch=torch.__version__, machine=platform.machine())
+            SEEDS_RESULTS.write_text(json.dumps(stored, indent=1) + "\n")  # after every run: a kill loses one
+    print(f"wrote {SEEDS_RESULTS}")
 
 
 if __name__ == "__main__":

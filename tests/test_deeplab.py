@@ -117,3 +117,25 @@ def test_registered() -> None:
     net = build_model("deeplabv3plus", num_classes=3, backbone="resnet18", output_stride=8)
     assert isinstance(net, DeepLabV3Plus) and net.backbone.strides["layer4"] == 8
     assert net.head.classifier.out_channels == 3
+
+
+def test_aspp_and_backbone_match_torchvisions_deeplabv3_where_they_coincide() -> None:
+    """At output stride 8 torchvision's DeepLabV3 (ResNet-50, ``DeepLabHead``'s ASPP at rates 12/24/36)
+    and segbook's DeepLabV3+ share the dilated backbone and the ASPP: with torchvision's weights
+    copied across, ``layer4`` and the ASPP output agree to float tolerance in eval mode."""
+    from torchvision.models.segmentation import deeplabv3_resnet50
+
+    torch.manual_seed(0)
+    theirs = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=K, aux_loss=False).eval()
+    ours = DeepLabV3Plus(K, backbone="resnet50", output_stride=8).eval()
+    # torchvision's DeepLabHead = ASPP(2048, (12, 24, 36)), 3x3 conv, BN, ReLU, 1x1 conv
+    assert _rates(theirs.classifier[0]) == list(ATROUS_RATES[8]) == _rates(ours.head.aspp)
+    ours.head.aspp.load_state_dict(theirs.classifier[0].state_dict())
+    ours.backbone.load_state_dict(theirs.backbone.state_dict())  # same names: conv1 ... layer4
+    images = torch.randn(1, 3, 64, 72)
+    with torch.no_grad():
+        deep_theirs = theirs.backbone(images)["out"]                     # (1, 2048, 8, 9)
+        deep_ours = ours.backbone(images)["layer4"]                      # (1, 2048, 8, 9)
+        torch.testing.assert_close(deep_ours, deep_theirs, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ours.head.aspp(deep_ours), theirs.classifier[0](deep_theirs),
+                                   rtol=1e-4, atol=1e-5)

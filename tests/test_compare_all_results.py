@@ -4,18 +4,16 @@ Chapter 7 loads the scores and costs of seven models trained by
 ``experiments/compare_all.py`` (seven minutes on two cores) instead of training
 them. These tests check that the file holds a row for every model the script
 defines, with the costs the chapter prints, and re-run its check configuration
-(FCN-32s, seed 0, one epoch, about 10 s) with the script's own code. What the
-re-run compares, and how closely, comes from the spread stored beside the
-check row (``_experiments.tolerance``): after one epoch the validation scores
-already differ between CPUs, the epoch's mean training loss does not.
+(FCN-32s, seed 0, one epoch): its spread over CPU configurations, stored beside
+it, is too wide to re-check (see the last test).
 """
 from __future__ import annotations
 
 import pytest
 
-from segbook.results import load_results
+from segbook.results import load_results, reproduction_tolerance
 
-from _experiments import assert_check_reproduces, load_experiment
+from _experiments import load_experiment
 
 
 def test_stored_rows_are_whole():
@@ -31,5 +29,15 @@ def test_stored_rows_are_whole():
     assert all(c["latency_ms"] > 0 and c["train_step_mb"] > 0 for c in results["costs"].values())
 
 
-def test_check_run_reproduces():
-    assert_check_reproduces("compare_all")
+def test_one_epoch_of_fcn32s_cannot_be_rechecked_by_its_loss():
+    """The spread stored beside the check row rules its epoch loss out as a re-check.
+
+    FCN-32s's first-epoch mean training loss moved by 0.0105 across four CPU
+    configurations, while seed 2 lands only 0.0108 from seed 0: a tolerance that
+    a reader's CPU passes could not tell the seeds apart, so this file is not
+    re-run (the other stored results are). If a re-measured spread ever makes the
+    loss discriminating, this test fails and the re-check should come back.
+    """
+    results = load_results("compare_all")
+    with pytest.raises(ValueError, match="cannot tell seed 0"):
+        reproduction_tolerance(results, "first_train_loss")

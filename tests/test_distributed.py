@@ -159,6 +159,7 @@ def test_torchrun_environment_is_read(monkeypatch) -> None:
         torchrun_env()
 
 
+@pytest.mark.slow  # several processes: `pytest -m slow`, run by CI after the main suite
 def test_sharded_validation_counts_every_image_once(tmp_path: Path) -> None:
     # Each process scores every second image; the summed counts are the single process's, exactly.
     single = _evaluate_untrained()
@@ -169,6 +170,7 @@ def test_sharded_validation_counts_every_image_once(tmp_path: Path) -> None:
         assert rank["loss"] == pytest.approx(single["loss"], rel=1e-9)
 
 
+@pytest.mark.slow  # several processes: `pytest -m slow`, run by CI after the main suite
 def test_two_processes_match_one_with_the_doubled_batch(tmp_path: Path) -> None:
     # This small model learns little in two epochs (it still predicts background everywhere),
     # so the continuous scores, the losses, carry the comparison; measured: within 0.2 %.
@@ -183,6 +185,7 @@ def test_two_processes_match_one_with_the_doubled_batch(tmp_path: Path) -> None:
     assert single[-1]["train_loss"] < single[0]["train_loss"]
 
 
+@pytest.mark.slow  # several processes: `pytest -m slow`, run by CI after the main suite
 def test_interrupted_two_process_run_resumes(tmp_path: Path) -> None:
     whole = _two_processes(tmp_path, "whole", batch_size=4, epochs=2)[0]["history"]
     folder = str(tmp_path / "checkpoints")
@@ -197,6 +200,7 @@ def test_interrupted_two_process_run_resumes(tmp_path: Path) -> None:
         assert a == pytest.approx(b, rel=1e-6)
 
 
+@pytest.mark.slow  # several processes: `pytest -m slow`, run by CI after the main suite
 def test_command_line_runs_unchanged_under_torchrun(tmp_path: Path) -> None:
     # python -m torch.distributed.run is the torchrun script; --standalone makes a local rendezvous.
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}

@@ -24,8 +24,8 @@ from segbook.distributed import init_distributed, shard_val_loader
 from segbook.evaluation import evaluate
 from segbook.train import fit
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with Gloo is not available")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with Gloo is not available")]  # slow: several processes
 
 
 # -- one exact step ---------------------------------------------------------------------------------------

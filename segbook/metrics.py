@@ -289,9 +289,8 @@ def inner_boundary(masks: torch.Tensor, dilation: int) -> torch.Tensor:
 class BoundaryIoU:
     """Boundary IoU (Cheng et al., 2021), accumulated per class over images like :class:`ConfusionMatrix`.
 
-    mIoU counts every pixel of a region, so it barely moves when only the
-    borders are wrong: a 100 x 100 square predicted without its outermost 1-pixel
-    rim still scores an IoU of 0.96 (9,604 of 10,000 pixels). Boundary IoU compares only the band of each mask within ``d`` pixels of
+    mIoU barely moves when only borders are wrong (a 100 x 100 square without its
+    1-pixel rim still scores 0.96). Boundary IoU compares only the band of each mask within ``d`` pixels of
     its contour, ``G_d`` of the ground truth and ``P_d`` of the prediction:
 
         BIoU_c = |G_d ∩ P_d| / |G_d ∪ P_d|,   G_d = G ∩ (pixels within d of G's contour),
@@ -308,17 +307,11 @@ class BoundaryIoU:
         dilation_ratio: d as a fraction of each image's diagonal (the paper: 0.02).
         dilation: d in pixels for every image; overrides ``dilation_ratio``.
 
-    Cheng et al. (2021, "Boundary IoU: Improving Object-Centric Image Segmentation
-    Evaluation") define the measure for one object's mask against another; this
-    class adapts it to semantic segmentation per class: the masks are all pixels of
-    class c in an image, the counts are summed over images per class, and the mean is
-    over classes, as mIoU does. That adaptation is this book's, not the paper's.
-
-    Its ceiling is below 1 wherever labels have a void band: a prediction has no 255,
-    so along every ignored band it must give some class, and the contour of that
-    class's predicted mask then lies elsewhere than the ground truth's (which stops at
-    the band). On the toy VOC validation set the labels themselves, with 255 given to
-    background, score mIoU 1 but boundary mIoU 0.974 (chapter 6 measures it).
+    Cheng et al. define it for one object's mask; here it is adapted per class (this
+    book's choice): class c's pixels of an image form the mask, counts sum over images.
+    Its ceiling is below 1 where labels have a void band: a prediction must give the
+    band some class, whose contour then differs from the label's. On the toy VOC val
+    set the labels themselves (255 as background) score boundary mIoU 0.974 (chapter 6).
     """
 
     def __init__(self, num_classes: int, ignore_index: int | None = 255, dilation_ratio: float = 0.02,

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from memory import marked, peak_bytes  # benchmarks/memory.py: one way to measure peak memory
+from memory import cpu_name, marked, peak_bytes  # benchmarks/memory.py: one way to measure peak memory
 from segbook.models.ccnet import CrissCrossAttention, NonLocalBlock, criss_cross_attention_bmm
 
 METHODS = ("cc R=1", "cc R=2", "cc bmm R=1", "non-local")
@@ -237,15 +237,6 @@ def paper_setting(device: str, max_gib: float, results: dict[str, dict] | None) 
         print(f"  memory ({what}): {cc[key]:.0f} vs {nl[key]:.0f} MiB on the {where} -> "
               f"{nl[key] / cc[key]:.1f}x less (paper: {PAPER['memory_ratio']:.0f}x less GPU memory)")
     return summary
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def json_rows(size: int, results: dict[str, dict]) -> list[dict]:

@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from memory import peak_bytes, sync  # benchmarks/memory.py: one way to measure peak memory
+from memory import cpu_name, peak_bytes, sync  # benchmarks/memory.py: one way to measure peak memory
 from segbook.models.backbones import ResNetBackbone
 from segbook.models.pspnet import PSPNet
 from segbook.train import segmentation_loss
@@ -119,15 +119,6 @@ def report(results: dict, flops: dict, header: str) -> None:
         print(f"  {name:<17}{stride:>3}  {1e3 * seconds:>10.1f} {seconds / ref_seconds:>7.2f}  "
               f"{peak / 2 ** 20:>8.1f} {peak / ref_peak:>7.2f}  {gflops:>10.1f} {gflops / ref_gflops:>7.2f}")
     print("  (ratios: to the same ResNet at output stride 32; PSPNet's to its ResNet-50 backbone at stride 32)")
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def rows(results: dict, flops: dict) -> list[dict]:

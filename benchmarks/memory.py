@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import sys
 from collections.abc import Callable
 
@@ -77,3 +78,12 @@ def marked(fn: Callable[[], object]) -> object:
     """Run ``fn`` inside the MARK region (e.g. the backward pass)."""
     with record_function(MARK):
         return fn()
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()

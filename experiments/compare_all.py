@@ -16,7 +16,10 @@ interleaved repeat so that a slow spell of a shared machine hits all alike:
   256 x 256 crops allocates beyond the weights (``benchmarks/memory.py``).
 
 It writes ``segbook/results/compare_all.json`` (package data, loaded by chapter
-7) with one ``check`` row (FCN-32s, one epoch) that the tests repeat. About seven
+7) with one ``check`` row (FCN-32s, one epoch) that the tests repeat. Each row
+also records the loss of the first training step (:class:`FirstStepLoss`): the
+check's one-epoch scores and loss move too much between CPUs to re-check, the
+first step's loss does not. About seven
 minutes on two quiet CPU cores (six of them training).
 
     python experiments/compare_all.py [--seed 0] [--repeats 5]
@@ -47,9 +50,9 @@ from pointrend_compare import score  # noqa: E402  mIoU and boundary mIoU over w
 
 from segbook import seed_everything  # noqa: E402
 from segbook.data import NUM_CLASSES, load_voc  # noqa: E402
+from segbook.losses import model_loss  # noqa: E402
 from segbook.models import build_model  # noqa: E402
-from segbook.models.pointrend import point_loss  # noqa: E402
-from segbook.train import fit, segmentation_loss  # noqa: E402
+from segbook.train import fit  # noqa: E402
 
 RESULTS = HERE.parent / "segbook" / "results" / "compare_all.json"  # shipped
 SEEDS_RESULTS = HERE.parent / "segbook" / "results" / "compare_all_seeds.json"  # extra seeds, shipped
@@ -74,20 +77,43 @@ def build(label: str) -> torch.nn.Module:
     return build_model(name, num_classes=NUM_CLASSES, backbone="resnet18", **extra)
 
 
+class FirstStepLoss:
+    """The model's own loss, remembering the first value it returns: the first training step's.
+
+    Why keep it: one epoch of SGD turns another CPU's last-bit differences into
+    another model (FCN-32s's epoch loss moved by 0.01 between kernel choices,
+    as much as between seeds), while the first step's loss depends only on the
+    initial weights, the first batch and one forward pass, so another CPU comes
+    close to it and another seed does not (``check_spread`` holds both).
+    ``fit`` trains before it validates, so the first call is a training step.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.loss_fn, self.value = model_loss(model), None
+
+    def __call__(self, outputs, target):
+        result = self.loss_fn(outputs, target)
+        if self.value is None:
+            self.value = (result[0] if isinstance(result, tuple) else result).item()
+        return result
+
+
 def run(label: str, seed: int, epochs: int) -> dict:
     """Train one model with the quick settings and ``seed``; its scores as a row."""
     train_loader, val_loader = load_voc(QUICK["batch_size"], QUICK["crop_size"], source="toy", seed=seed,
                                         verbose=False)
     seed_everything(seed)
     model = build(label)
+    loss_fn = FirstStepLoss(model)
     began = time.perf_counter()
     history = fit(model, train_loader, val_loader, epochs=epochs, lr=QUICK["lr"], device="cpu",
                   num_classes=NUM_CLASSES, seed=seed, live_plot=False, progress=False, log=None,
-                  loss_fn=point_loss if MODELS[label][0] == "pointrend" else None)
+                  loss_fn=loss_fn)
     seconds = time.perf_counter() - began
     scores = score(model, val_loader.dataset)
     return {"model": label, "seed": seed, "epochs": epochs, **scores,
             "val_pixel_acc": round(history[-1]["val_pixel_acc"], 4),
+            "first_step_loss": round(loss_fn.value, 4),
             "first_train_loss": round(history[0]["train_loss"], 4),
             "train_loss": round(history[-1]["train_loss"], 4), "train_seconds": round(seconds, 1)}
 
@@ -107,7 +133,7 @@ def costs(repeats: int) -> dict:
     times = {label: [] for label in MODELS}
     memory = {}
     for label, model in models.items():
-        loss_fn = point_loss if MODELS[label][0] == "pointrend" else segmentation_loss
+        loss_fn = model_loss(model)
 
         def step(model=model, loss_fn=loss_fn) -> None:
             model.train().zero_grad(set_to_none=False)

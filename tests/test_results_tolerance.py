@@ -1,6 +1,7 @@
 """The stored-result re-checks compare only what a reader's CPU reproduces, and can still fail."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -11,9 +12,11 @@ from segbook.results import ROUNDING, load_results, reproduction_tolerance as to
 from _experiments import load_experiment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from portability import CONFIGS  # noqa: E402
+from portability import CONFIGS, DEFAULT_PATHS, ROOT  # noqa: E402
 
-RECHECKED = ("ccnet_compare", "context_compare", "pointrend_compare")  # compare_all: see its own test
+# Each stored result a test re-runs, and the quantity it compares (compare_all: its own test says why).
+RECHECKED = {"ccnet_compare": "first_train_loss", "context_compare": "first_train_loss",
+             "pointrend_compare": "first_train_loss", "compare_all": "first_step_loss"}
 
 
 def spread(config_range: float, seed_gap: float) -> dict:
@@ -32,6 +35,7 @@ def test_a_quantity_that_cannot_tell_seeds_apart_is_refused():
 
 @pytest.mark.parametrize("name", RECHECKED)
 def test_the_spread_was_measured_for_the_stored_check(name):
+    key = RECHECKED[name]
     results, experiment = load_results(name), load_experiment(name)
     check, measured = results["check"], results["check_spread"]
     assert {k: check[k] for k in experiment.CHECK} == experiment.CHECK
@@ -39,7 +43,17 @@ def test_the_spread_was_measured_for_the_stored_check(name):
     assert "default" in measured["configs"] and len(measured["configs"]) >= 4  # three other kernel choices
     default = measured["configs"]["default"]
     assert all(check[k] == v for k, v in default.items()), "the check row is the default configuration's"
-    assert measured["config_range"]["first_train_loss"] == pytest.approx(
-        max(r["first_train_loss"] for r in measured["configs"].values())
-        - min(r["first_train_loss"] for r in measured["configs"].values()), abs=1e-9)
-    tolerance(results, "first_train_loss")  # the compared quantity tells seeds apart
+    assert measured["config_range"][key] == pytest.approx(
+        max(r[key] for r in measured["configs"].values())
+        - min(r[key] for r in measured["configs"].values()), abs=1e-9)
+    tolerance(results, key)  # the compared quantity tells seeds apart
+
+
+def test_the_portability_check_runs_every_result_recheck():
+    """``tools/portability.py``'s default paths exist and hold every test that re-runs a stored result."""
+    assert all((ROOT / p).exists() for p in DEFAULT_PATHS), DEFAULT_PATHS
+    rechecks = {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")
+                if re.search(r"^from _experiments import .*assert_check_reproduces", p.read_text(), re.M)}
+    assert rechecks == {f"tests/test_{name}_results.py" for name in
+                        ("ccnet", "context", "pointrend", "compare_all")}
+    assert rechecks <= set(DEFAULT_PATHS)

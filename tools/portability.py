@@ -51,8 +51,7 @@ CONFIGS: dict[str, tuple[dict[str, str], str]] = {
 
 # The chapters and every test that re-runs a stored result.
 DEFAULT_PATHS = ["chapters", "tests/test_compare_all_results.py", "tests/test_context_results.py",
-                 "tests/test_pointrend_results.py", "tests/test_ccnet_results.py",
-                 "tests/test_fcn_alignment_results.py"]
+                 "tests/test_pointrend_results.py", "tests/test_ccnet_results.py"]
 
 
 def python() -> str:
@@ -93,7 +92,7 @@ def main() -> int:
             print(f"{name:15s} {settings[name]:{width}s}  {what}")
         return 0
     names = args.config or [n for n in CONFIGS if n != "default"]
-    paths = args.paths or [p for p in DEFAULT_PATHS if (ROOT / p).exists()]
+    paths = args.paths or DEFAULT_PATHS
     print(f"{'configuration':15s} {'result':7s} {'seconds':>8s}  pytest", flush=True)
     failed = []
     for name in names:

@@ -20,18 +20,28 @@ setting (ResNet-101, 256-channel decoder, 3 x 256 point head).
 
     python benchmarks/pointrend_inference.py                      # CPU, and CUDA when there is one
     python benchmarks/pointrend_inference.py --paper --sizes 1024x2048 --device cuda
+    python benchmarks/pointrend_inference.py --device cpu --output segbook/results/pointrend_inference.json
+
+With ``--output`` the measurements are also written as JSON, with the
+configuration, thread count, machine and torch version that produced them:
+chapter 6 prints its figures from the copy stored in ``segbook/results/``.
+Without it nothing is written, so a trial run never replaces the stored one.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import statistics
 import time
 import weakref
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from memory import cpu_name  # benchmarks/memory.py
 from segbook.models.pointrend import PointRend, dense_point_inference, subdivision_inference, subdivision_sizes
 
 
@@ -111,7 +121,8 @@ def point_head_macs(model: PointRend) -> int:
     return sum(m.in_channels * m.out_channels for m in model.point_head.modules() if isinstance(m, torch.nn.Conv1d))
 
 
-def run(device: torch.device, args: argparse.Namespace) -> None:
+def run(device: torch.device, args: argparse.Namespace) -> list[dict]:
+    """Print the table for ``device``; return its rows as stored by ``--output`` (ms and MiB to 0.1)."""
     torch.manual_seed(0)
     channels = 256 if args.paper else args.channels
     model = PointRend(args.num_classes, backbone="resnet101" if args.paper else args.backbone,
@@ -127,6 +138,7 @@ def run(device: torch.device, args: argparse.Namespace) -> None:
               f"{'evals x':>7}")
     print(header)
     print("-" * len(header))
+    rows = []
     for height, width in args.sizes:
         with torch.no_grad():
             images = torch.randn(1, 3, height, width, device=device)
@@ -153,7 +165,15 @@ def run(device: torch.device, args: argparse.Namespace) -> None:
               f"{median['dense']:9.1f}  {median['dense'] / median['subdivision']:7.1f}  "
               f"{mib['subdivision']:10.1f}  {mib['dense']:9.1f}  {mib['dense'] / mib['subdivision']:6.1f}  "
               f"{evals_sub:12,}  {evals_dense:11,}  {evals_dense / evals_sub:7.1f}")
+        rows.append({"height": height, "width": width, "coarse_ms": round(coarse_time * 1e3, 1),
+                     "subdivision_ms": round(median["subdivision"], 1), "dense_ms": round(median["dense"], 1),
+                     "time_ratio": round(median["dense"] / median["subdivision"], 2),
+                     "subdivision_mib": round(mib["subdivision"], 1), "dense_mib": round(mib["dense"], 1),
+                     "memory_ratio": round(mib["dense"] / mib["subdivision"], 2),
+                     "evals_subdivision": evals_sub, "evals_dense": evals_dense,
+                     "evals_ratio": evals_dense / evals_sub})
     print("time x, mem x, evals x: dense / subdivision. Coarse ms (backbone + decoder, shared) is one run.")
+    return rows
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -178,13 +198,32 @@ def main(argv=None) -> None:
     p.add_argument("--paper", action="store_true", help="ResNet-101 and 256 channels, as in the paper")
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                    help="cpu, cuda, or all (CPU, then CUDA when there is one; the default)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--output", type=Path, default=None,
+                   help="also write the measurements and their configuration to this JSON file")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     devices = {"cpu": ["cpu"], "cuda": ["cuda"], "all": ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])}
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device here; use --device cpu.")
     print(f"PointRend inference: subdivision ({args.num_points} points per step) vs. the point head at every pixel")
+    paper = args.paper
+    stored = {"config": {"backbone": "resnet101" if paper else args.backbone,
+                         "channels": 256 if paper else args.channels, "num_classes": args.num_classes,
+                         "num_points": args.num_points, "rounds": args.rounds, "batch_size": 1,
+                         "threads": torch.get_num_threads(),
+                         "time": "median of rounds alternating the two methods, coarse logits and features given",
+                         "memory": "peak bytes of the tensors the method creates (CPU: operator outputs)"},
+              "torch": torch.__version__, "machine": platform.machine(), "devices": {}}
     for name in devices[args.device]:
-        run(torch.device(name), args)
+        device = torch.device(name)
+        rows = run(device, args)
+        label = cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
+        stored["devices"][device.type] = {"name": label, "rows": rows}
+    if args.output:
+        args.output.write_text(json.dumps(stored, indent=1) + "\n")
+        print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""The stored PointRend comparison (segbook/results/pointrend_compare.json) is whole and reproduces.
+"""The stored PointRend results (segbook/results/pointrend_*.json) are whole, and the comparison reproduces.
 
 Chapter 6 loads the stored rows instead of training six models. These tests
 check that the file holds what the chapter reads, and re-run its cheap
 configuration (``check``: PointRend, seed 0, one epoch) with
 ``experiments/pointrend_compare.py``'s own code, comparing it with the stored
 row to within the spread stored beside it (``_experiments.tolerance``).
+Chapter 6 also prints the inference benchmark's stored figures; the last
+tests check that the file and the script's ``--output`` hold what it reads.
 """
 from __future__ import annotations
 
@@ -34,3 +36,58 @@ def test_stored_rows_are_whole():
 
 def test_check_run_reproduces():
     assert_check_reproduces("pointrend_compare")
+
+
+# -- the inference benchmark's stored figures (benchmarks/pointrend_inference.py --output) --------------
+
+CONFIG_READ = {"backbone", "channels", "num_classes", "num_points", "rounds", "threads"}
+ROW_READ = {"height", "width", "subdivision_ms", "dense_ms", "time_ratio", "subdivision_mib", "dense_mib",
+            "memory_ratio", "evals_ratio"}
+
+
+def _load_benchmark():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))  # as when the script runs: it imports benchmarks/memory.py
+    spec = importlib.util.spec_from_file_location("pointrend_inference", folder / "pointrend_inference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stored_inference_benchmark_holds_what_chapter_6_reads():
+    from segbook.models.pointrend import subdivision_sizes
+
+    stored = load_results("pointrend_inference")
+    assert CONFIG_READ <= stored["config"].keys() and stored["config"]["num_points"] == 8192
+    cpu = stored["devices"]["cpu"]
+    assert cpu["name"] and {(r["height"], r["width"]) for r in cpu["rows"]} == {(512, 1024), (1024, 2048)}
+    points = stored["config"]["num_points"]
+    for row in cpu["rows"]:
+        assert ROW_READ <= row.keys(), row
+        h, w = row["height"], row["width"]
+        # the counts follow from the sizes: min(N, cells) per subdivision step from the stride-4 map
+        steps = subdivision_sizes((h // 4, w // 4), (h, w))
+        assert row["evals_subdivision"] == sum(min(points, a * b) for a, b in steps)
+        assert row["evals_dense"] == h * w and row["evals_ratio"] == h * w / row["evals_subdivision"]
+        # the ratios are those of the stored figures (ratios rounded to 0.01, figures to 0.1)
+        assert row["time_ratio"] == pytest.approx(row["dense_ms"] / row["subdivision_ms"], abs=0.01, rel=2e-3)
+        assert row["memory_ratio"] == pytest.approx(row["dense_mib"] / row["subdivision_mib"], abs=0.01,
+                                                    rel=2e-3)
+
+
+def test_inference_benchmark_writes_those_fields(tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    _load_benchmark().main(["--device", "cpu", "--sizes", "64x96", "--rounds", "1", "--num-points", "64",
+                            "--channels", "16", "--output", str(out)])
+    written = json.loads(out.read_text())
+    assert CONFIG_READ <= written["config"].keys() and written["config"]["num_points"] == 64
+    (row,) = written["devices"]["cpu"]["rows"]
+    assert ROW_READ <= row.keys() and (row["height"], row["width"]) == (64, 96)
+    assert row["evals_dense"] == 64 * 96 and row["time_ratio"] > 0 and row["memory_ratio"] > 0

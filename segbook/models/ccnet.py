@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from segbook.models.registry import register_model
 from segbook.models.backbones import ResNetBackbone
-from segbook.models.base import FCNHead, SegmentationModel
+from segbook.models.base import SegmentationModel
 
 __all__ = ["CCNet", "CrissCrossAttention", "NonLocalBlock", "RCCAModule", "criss_cross_attention",
            "criss_cross_attention_bmm", "dense_masked_attention", "non_local_attention"]
@@ -269,7 +269,8 @@ class CCNet(SegmentationModel):
         output_stride: 8 (the paper: ``layer3`` and ``layer4`` dilated, a 97x97 map for a
             769x769 crop), 16 or 32.
         recurrence: R, how many times the shared criss-cross attention runs (2 in the paper).
-        aux: add an :class:`FCNHead` on ``layer3`` whose logits ride in ``"aux"`` in training only.
+        aux: add an :class:`~segbook.models.base.FCNHead` on ``layer3`` whose logits ride in
+            ``"aux"`` in training only.
         dropout: before the classifier of both heads.
         pretrained_backbone: see :class:`ResNetBackbone`'s ``pretrained``.
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from segbook.models.registry import register_model
 from segbook.models.backbones import ResNetBackbone
-from segbook.models.base import FCNHead, SegmentationModel, resize_to
+from segbook.models.base import SegmentationModel, resize_to
 
 __all__ = ["PSPHead", "PSPNet", "PyramidPoolingModule"]
 
@@ -125,8 +125,8 @@ class PSPNet(SegmentationModel):
         backbone: a :class:`ResNetBackbone` name; the paper uses ``"resnet50"``/``"resnet101"``.
         output_stride: 8 (the paper: ``layer3`` and ``layer4`` dilated), 16 or 32.
         pool_sizes: the pyramid's bins; ``()`` leaves a plain dilated FCN with the same head.
-        aux: add the :class:`FCNHead` on ``layer3`` (train with ``aux_weights={"aux": 0.4}``,
-            the default of :func:`segbook.train.segmentation_loss`).
+        aux: add the :class:`~segbook.models.base.FCNHead` on ``layer3`` (train with
+            ``aux_weights={"aux": 0.4}``, the default of :func:`segbook.train.segmentation_loss`).
         dropout: before the classifier of both heads.
         pretrained_backbone: see :class:`ResNetBackbone`'s ``pretrained``.
         channels: width of the head's 3x3 conv.

@@ -16,12 +16,13 @@ margin (:data:`CUDA_OVERHEAD_GIB`).
 """
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CUDA_OVERHEAD_GIB", "largest_batch", "step_memory"]
+__all__ = ["CUDA_OVERHEAD_GIB", "gpu_memory_line", "largest_batch", "step_memory"]
 
 CUDA_OVERHEAD_GIB = 1.5  # CUDA context (~0.4 GiB), cuDNN workspaces and allocator slack, for a fit/no-fit call
 
@@ -74,3 +75,20 @@ def largest_batch(fixed: int, per_image: int, card_gib: float, overhead_gib: flo
     """The largest batch whose ``fixed + per_image * batch`` bytes fit ``card_gib`` less ``overhead_gib``."""
     room = (card_gib - overhead_gib) * 2**30 - fixed
     return max(0, int(room // per_image))
+
+
+def _listed(items: list[str]) -> str:
+    return ", ".join(items[:-1]) + (" and " if len(items) > 1 else "") + items[-1] if items else "none of them"
+
+
+def gpu_memory_line(entry: dict) -> str:
+    """One sentence from an entry of ``load_results("full_memory")["chapters"]``: what the step needs, what fits."""
+    settings, batch = entry["settings"], entry["settings"]["batch_size"]
+    crop = " x ".join(str(side) for side in settings["crop_size"])
+    fits = [card for card, largest in entry["largest_batch"].items() if largest >= batch]
+    smaller = [f"on {card} use batch {largest}" for card, largest in entry["largest_batch"].items()
+               if largest < batch]
+    line = (f"full profile: a training step at batch {batch} of {crop} crops in mixed precision holds "
+            f"about {entry['step_gib']} GiB of tensors on the GPU, plus {CUDA_OVERHEAD_GIB} GiB for CUDA itself; "
+            f"it fits {_listed(fits)}")
+    return textwrap.fill(line + (f"; {_listed(smaller)}." if smaller else "."), 88)

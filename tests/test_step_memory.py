@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segbook.step_memory import largest_batch, step_memory
+from segbook.step_memory import gpu_memory_line, largest_batch, step_memory
 
 
 def tiny():
@@ -49,3 +49,24 @@ def test_largest_batch():
     gib = 2**30
     assert largest_batch(1 * gib, gib, card_gib=15, overhead_gib=1.5) == 12  # 1 + 12 <= 13.5
     assert largest_batch(20 * gib, gib, card_gib=15) == 0
+
+
+def test_gpu_memory_line_names_what_fits_and_the_batch_for_the_rest():
+    entry = {"settings": {"crop_size": [473, 473], "batch_size": 8}, "step_gib": 4.5,
+             "largest_batch": {"a 4 GB card": 3, "an 8 GB card": 12, "a 15 GB T4 (Colab)": 26}}
+    line = " ".join(gpu_memory_line(entry).split())
+    assert "batch 8 of 473 x 473 crops" in line and "about 4.5 GiB" in line
+    assert line.endswith("it fits an 8 GB card and a 15 GB T4 (Colab); on a 4 GB card use batch 3.")
+    assert max(len(row) for row in gpu_memory_line(entry).splitlines()) <= 88
+
+
+def test_the_stored_figures_are_consistent():
+    from segbook.results import load_results
+
+    stored = load_results("full_memory")
+    for name, entry in stored["chapters"].items():
+        fixed, per_image = entry["fixed_bytes"], entry["per_image_bytes"]
+        assert abs(fixed + per_image * entry["settings"]["batch_size"] - entry["step_gib"] * 2**30) < 0.05 * 2**30
+        for card, largest in entry["largest_batch"].items():
+            room = (stored["cards_gib"][card] - stored["overhead_gib"]) * 2**30 - fixed
+            assert largest == max(0, int(room // per_image)), (name, card)

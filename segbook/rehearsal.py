@@ -10,6 +10,8 @@ crops, backbones, batch sizes, the schedule's length), but
 * ``fit`` trains at most :data:`EPOCHS` epochs of at most :data:`STEPS_PER_EPOCH`
   steps each (the poly schedule is still laid out for the full run), and
   ``evaluate`` scores at most :data:`IMAGES` images;
+* ``SEGBOOK_REHEARSAL_BATCH=N``, when set, cuts the training batch to N (CI uses
+  it to fit its time budget; it says so);
 * the lines a CUDA run takes are taken on the CPU where they can be: autocast
   (bfloat16, where CUDA would use float16), the GradScaler, channels-last;
 * in a notebook, an ``assert`` that fails does not stop the chapter: it prints
@@ -26,7 +28,7 @@ from __future__ import annotations
 import ast
 import os
 
-__all__ = ["EPOCHS", "IMAGES", "SKIPPED", "STEPS_PER_EPOCH", "active", "announce", "limit", "relax_asserts",
+__all__ = ["EPOCHS", "IMAGES", "SKIPPED", "STEPS_PER_EPOCH", "active", "announce", "batch_size", "limit", "relax_asserts",
            "skipped_check"]
 
 EPOCHS = 2           # fit stops after this many epochs ...
@@ -64,6 +66,22 @@ def limit(what: str, planned: int | None = None) -> int | None:
     if planned is None or planned > cap:
         announce(what, _SAY[what].format(cap=cap, planned=planned))
     return cap
+
+
+def batch_size(planned: int) -> int:
+    """The training batch: as written, unless ``SEGBOOK_REHEARSAL_BATCH`` caps it in a rehearsal (said loudly)."""
+    cap = os.environ.get("SEGBOOK_REHEARSAL_BATCH", "").strip()
+    if not active() or not cap:
+        return planned
+    try:
+        cap_value = int(cap)
+    except ValueError:
+        raise ValueError(f"SEGBOOK_REHEARSAL_BATCH={cap!r} is not a whole number; set it to e.g. 2, "
+                         "or unset it to train at the batch size as written.") from None
+    if planned > cap_value:
+        announce("batch", f"the training batch is cut from {planned} to {cap_value} (SEGBOOK_REHEARSAL_BATCH): "
+                 "sizes and models as written, the batch not")
+    return min(planned, cap_value)
 
 
 def skipped_check(source: str) -> None:

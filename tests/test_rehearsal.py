@@ -118,3 +118,35 @@ def test_a_failing_assert_becomes_a_skipped_check(capsys):
     exec(compile(ast.fix_missing_locations(tree), "<cell>", "exec"), scope)
     assert scope["y"] == 3 and rehearsal.SKIPPED == ["assert x == 2, 'never shown'"]
     assert capsys.readouterr().out == "rehearsal: skipped check: assert x == 2, 'never shown'\n"
+
+
+def test_the_batch_is_as_written_unless_a_rehearsal_caps_it(monkeypatch, capsys):
+    monkeypatch.setenv("SEGBOOK_REHEARSAL_BATCH", "2")
+    assert rehearsal.batch_size(8) == 8  # not a rehearsal: ignored
+    monkeypatch.setenv("SEGBOOK_REHEARSAL", "1")
+    assert rehearsal.batch_size(8) == 2 and rehearsal.batch_size(1) == 1
+    assert "cut from 8 to 2" in capsys.readouterr().out
+    monkeypatch.setenv("SEGBOOK_REHEARSAL_BATCH", "two")
+    with pytest.raises(ValueError, match="SEGBOOK_REHEARSAL_BATCH"):
+        rehearsal.batch_size(8)
+
+
+def test_every_check_a_rehearsal_may_skip_is_an_assert_of_its_chapter():
+    """tools/rehearsal_checks.json names asserts as the chapters write them; a reworded one must be listed anew."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    expected = json.loads((root / "tools" / "rehearsal_checks.json").read_text())
+    for stem, checks in expected.items():
+        notebook = json.loads((root / "chapters" / f"{stem}.ipynb").read_text())
+        asserts = set()
+        for cell in notebook["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            text = "\n".join(line for line in "".join(cell["source"]).splitlines()
+                             if not line.lstrip().startswith("%"))
+            asserts |= {" ".join(ast.get_source_segment(text, node).split())
+                        for node in ast.walk(ast.parse(text)) if isinstance(node, ast.Assert)}
+        stale = [check for check in checks if check not in asserts]
+        assert not stale, f"{stem}: tools/rehearsal_checks.json lists asserts the chapter no longer has: {stale}"

@@ -13,12 +13,13 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
+from . import rehearsal
 from .data.voc import IGNORE_INDEX
 from .inference import _as_outputs, _model_device
 from .losses import LossFn, call_loss, model_loss
 from .metrics import ConfusionMatrix
 from .runtime import amp_dtype as _amp_dtype
-from .runtime import progress_bar, to_device
+from .runtime import default_channels_last, progress_bar, to_device
 
 __all__ = ["evaluate", "single_images"]
 
@@ -76,16 +77,20 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str |
         model.to(device)
     device = _model_device(model)
     dtype = _amp_dtype(amp, device)
-    channels_last = device.type == "cuda" if channels_last is None else channels_last
+    channels_last = default_channels_last(device) if channels_last is None else channels_last
     loss_fn = loss_fn or model_loss(model, aux_weights, ignore_index)
     confusion = ConfusionMatrix(num_classes, ignore_index=ignore_index) if num_classes else None
     loss_sum, pixels = torch.zeros((), dtype=torch.float64, device=device), 0
     was_training = model.training
     model.eval()
     try:
+        cap, scored = rehearsal.limit("images"), 0
         with torch.inference_mode():
             for batch in progress_bar(loader, enabled=progress, desc="val"):
                 for images, masks in single_images(batch, per_image):
+                    if cap is not None and scored >= cap:
+                        break
+                    scored += images.shape[0]
                     images, masks = to_device(images, masks, device, channels_last)  # (B, 3, H, W), (B, H, W)
                     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                         outputs = _as_outputs(model(images))
@@ -97,6 +102,8 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str |
                     counted = (masks != ignore_index).sum()
                     loss_sum += loss.double() * counted
                     pixels += counted
+                if cap is not None and scored >= cap:
+                    break
     finally:
         model.train(was_training)
     if reduce and torch.distributed.is_available() and torch.distributed.is_initialized():

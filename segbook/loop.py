@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import rehearsal
 from .checkpoints import atomic_save, checkpoint_state, remove_stale_temporaries, resume
 from .distributed import (Distributed, agree_on_resume, all_gather_states, init_distributed, leave,
                           mean_over_processes, process_device, seed_process, set_epoch, share_buffers,
@@ -31,7 +32,7 @@ from .losses import LossFn, call_loss, model_loss
 from .paths import short_path
 from .rng import process_rng_state, rng_state
 from .runtime import amp_dtype as _amp_dtype
-from .runtime import progress_bar, progress_on, to_device
+from .runtime import default_channels_last, progress_bar, progress_on, scaler_enabled, to_device
 from .viz import LivePlot
 
 __all__ = ["TrainingDiverged", "fit", "poly_schedule"]
@@ -143,7 +144,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
         main = group is None or group.is_main
         say = log if log is not None and main else (lambda line: None)
         amp_dtype = _amp_dtype(amp, device)
-        channels_last = device.type == "cuda" if channels_last is None else bool(channels_last)
+        channels_last = default_channels_last(device) if channels_last is None else bool(channels_last)
         progress = progress_on(progress) and main
         seed_process(seed, group, train_loader)
         loader = shard_train_loader(train_loader, group, seed) if group is not None else train_loader
@@ -154,7 +155,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
                                                  momentum=momentum, weight_decay=weight_decay)
         scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(epochs * steps_per_epoch, poly_power))
                      if schedule == "poly" else None)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        scaler = torch.amp.GradScaler(device.type, enabled=scaler_enabled(amp_dtype, device))
         loss_fn = loss_fn or model_loss(model, aux_weights)
         config = {"model": type(model).__name__, "optimizer": type(optimizer).__name__, "lr": lr,
                   "momentum": momentum, "weight_decay": weight_decay, "schedule": schedule, "poly_power": poly_power,
@@ -173,7 +174,8 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
         net = wrap_model(model, group, device, sync_batchnorm) if group is not None else model
 
         plot = LivePlot(live_plot if main else False)
-        for epoch in range(start, epochs + 1):
+        stop = epochs if rehearsal.limit("epochs", epochs) is None else min(epochs, rehearsal.EPOCHS)
+        for epoch in range(start, stop + 1):
             began, lr_now = time.perf_counter(), optimizer.param_groups[0]["lr"]
             set_epoch(loader, epoch)
             try:
@@ -288,7 +290,10 @@ def _train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.
     model.train()
     total, steps, part_sums = 0.0, 0, {}
     bar = progress_bar(loader, enabled=progress, desc=desc)
+    cap = rehearsal.limit("steps", len(loader) if hasattr(loader, "__len__") else None)
     for step, (images, masks) in enumerate(bar, start=1):
+        if cap is not None and step > cap:
+            break
         images, masks = to_device(images, masks, device, channels_last)  # (B, 3, H, W), (B, H, W)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss, parts = call_loss(loss_fn, model(images), masks)

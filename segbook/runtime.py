@@ -11,7 +11,14 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-__all__ = ["amp_dtype", "progress_on", "progress_bar", "to_device"]
+from . import rehearsal
+
+__all__ = ["amp_dtype", "default_channels_last", "progress_on", "progress_bar", "scaler_enabled", "to_device"]
+
+
+def _as_on_cuda(device: torch.device) -> bool:
+    """CUDA, or the CPU in a rehearsal of the full profile, which takes CUDA's lines where it can."""
+    return device.type == "cuda" or (device.type == "cpu" and rehearsal.active())
 
 
 def amp_dtype(amp: bool | str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
@@ -20,9 +27,14 @@ def amp_dtype(amp: bool | str | torch.dtype | None, device: torch.device) -> tor
     ``None`` means float16 on CUDA (every CUDA GPU runs it, with a GradScaler
     against underflow, Micikevicius et al., 2018) and float32 elsewhere;
     ``True`` picks float16 on CUDA and bfloat16 on other devices; a dtype or its
-    name ("float16", "bfloat16") forces it.
+    name ("float16", "bfloat16") forces it. A rehearsal (:mod:`segbook.rehearsal`)
+    takes CUDA's default on the CPU: bfloat16 autocast, since the CPU's float16 kernels are few.
     """
     if amp is None:
+        if device.type != "cuda" and _as_on_cuda(device):
+            rehearsal.announce("amp", "autocast in bfloat16 on the CPU, where CUDA would use float16, "
+                               "with the GradScaler on")
+            return torch.bfloat16
         return torch.float16 if device.type == "cuda" else None
     if amp is False:
         return None
@@ -35,6 +47,18 @@ def amp_dtype(amp: bool | str | torch.dtype | None, device: torch.device) -> tor
         raise ValueError(f"amp={amp!r} is not a mixed-precision setting; use None (auto), True, False, "
                          "'float16' or 'bfloat16'.")
     return dtype
+
+
+def scaler_enabled(dtype: torch.dtype | None, device: torch.device) -> bool:
+    """Whether a GradScaler scales the loss: for float16 autocast (and, in a rehearsal, its bfloat16 stand-in)."""
+    if dtype == torch.float16:
+        return True
+    return dtype is not None and device.type != "cuda" and _as_on_cuda(device)
+
+
+def default_channels_last(device: torch.device) -> bool:
+    """Channels-last tensors by default where the convolutions are faster that way: CUDA (and a rehearsal)."""
+    return _as_on_cuda(device)
 
 
 def progress_on(progress: bool | None) -> bool:

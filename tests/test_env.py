@@ -11,7 +11,7 @@ def fresh_profile(monkeypatch, tmp_path):
     """Each test starts with no downgrade on record, no real VOC and no forced profile or device."""
     monkeypatch.setattr(profiles, "_downgraded", None)
     monkeypatch.setenv("SEGBOOK_DATA", str(tmp_path / "home"))
-    for name in ("SEGBOOK_VOC_ROOT", "SEGBOOK_PROFILE", "SEGBOOK_DEVICE"):
+    for name in ("SEGBOOK_VOC_ROOT", "SEGBOOK_PROFILE", "SEGBOOK_DEVICE", "SEGBOOK_REHEARSAL"):
         monkeypatch.delenv(name, raising=False)
 
 

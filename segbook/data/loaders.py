@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .. import rehearsal
 from .voc import IGNORE_INDEX
 
 __all__ = ["PaddedBatch", "SeededItems", "SeededShuffle", "default_num_workers", "pad_collate",
@@ -129,6 +130,7 @@ def segmentation_loaders(train_set: Dataset, val_set: Dataset, batch_size: int, 
     later epoch by an amount that depends on the worker count, and a run
     resumed after a kill (a fresh iterator) would see other batches.
     """
+    batch_size = rehearsal.batch_size(batch_size)  # as given, unless a rehearsal caps it, loudly
     workers = default_num_workers() if num_workers is None else num_workers
     order = torch.Generator().manual_seed(seed)  # the order and every item's seed; torch's global RNG is not used
     common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)

@@ -1,0 +1,94 @@
+"""What one training step holds in memory, counted tensor by tensor, on any device.
+
+A GPU's peak in a training step is reached when backward starts: the weights,
+the optimiser's state, the gradients as they fill in, and every activation the
+forward pass saved for backward are all alive at once. The last term is the
+large one, and it grows with the batch and the crop. :func:`step_memory` counts
+it without a GPU: a ``saved_tensors_hooks`` pair sees every tensor autograd
+saves during the forward pass and the loss, and each storage is counted once
+(a ReLU's output saved by the ReLU and by the next convolution is one tensor).
+Weights saved by the layers that use them are counted with the weights, once.
+
+The tally is PyTorch's own bookkeeping, so it is the same on a CPU and a GPU
+for the same dtypes; what a GPU adds on top (the CUDA context, cuDNN's
+workspaces, the caching allocator's slack) is not a tensor and is left to a
+margin (:data:`CUDA_OVERHEAD_GIB`).
+"""
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CUDA_OVERHEAD_GIB", "gpu_memory_line", "largest_batch", "step_memory"]
+
+CUDA_OVERHEAD_GIB = 1.5  # CUDA context (~0.4 GiB), cuDNN workspaces and allocator slack, for a fit/no-fit call
+
+
+def _key(t: Tensor) -> tuple[int, int]:
+    storage = t.untyped_storage()
+    return storage.data_ptr(), storage.nbytes()
+
+
+def step_memory(model: nn.Module, images: Tensor, target: Tensor,
+                loss_fn: Callable[[dict, Tensor], Tensor | tuple] | None = None, *,
+                amp_dtype: torch.dtype | None = None, optimizer_slots: int = 1) -> dict[str, int]:
+    """Bytes one training step of ``model`` on ``images`` (B, 3, H, W) holds at the start of backward.
+
+    Returns ``params`` (every parameter and buffer), ``grads`` (one per trainable
+    parameter), ``optimizer`` (``optimizer_slots`` tensors the size of each
+    trainable parameter: 1 for SGD with momentum, 2 for Adam), ``saved`` (the
+    activations saved for backward by the forward pass and the loss, under
+    ``torch.autocast`` in ``amp_dtype`` when given) and ``total``, their sum.
+    The model runs in training mode; nothing is updated but BatchNorm's running statistics.
+    """
+    device = images.device
+    weights = {_key(t) for t in [*model.parameters(), *model.buffers()]}
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        key = _key(t)
+        if key not in weights:
+            seen[key] = key[1]
+        return t
+
+    model.train()
+    if loss_fn is None:
+        from .losses import model_loss  # here: the tally needs the loss only when none is given
+        loss_fn = model_loss(model)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = loss_fn(model(images), target)
+    loss = loss[0] if isinstance(loss, tuple) else loss
+    del loss  # the graph and what it saved are freed here
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    params = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    counts = {"params": params, "grads": trainable, "optimizer": optimizer_slots * trainable,
+              "saved": sum(seen.values())}
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def largest_batch(fixed: int, per_image: int, card_gib: float, overhead_gib: float = CUDA_OVERHEAD_GIB) -> int:
+    """The largest batch whose ``fixed + per_image * batch`` bytes fit ``card_gib`` less ``overhead_gib``."""
+    room = (card_gib - overhead_gib) * 2**30 - fixed
+    return max(0, int(room // per_image))
+
+
+def _listed(items: list[str]) -> str:
+    return ", ".join(items[:-1]) + (" and " if len(items) > 1 else "") + items[-1] if items else "none of them"
+
+
+def gpu_memory_line(entry: dict) -> str:
+    """One sentence from an entry of ``load_results("full_memory")["chapters"]``: what the step needs, what fits."""
+    settings, batch = entry["settings"], entry["settings"]["batch_size"]
+    crop = " x ".join(str(side) for side in settings["crop_size"])
+    fits = [card for card, largest in entry["largest_batch"].items() if largest >= batch]
+    smaller = [f"on {card} use batch {largest}" for card, largest in entry["largest_batch"].items()
+               if largest < batch]
+    line = (f"full profile: a training step at batch {batch} of {crop} crops in mixed precision holds "
+            f"about {entry['step_gib']} GiB of tensors on the GPU, plus {CUDA_OVERHEAD_GIB} GiB for CUDA itself; "
+            f"it fits {_listed(fits)}")
+    return textwrap.fill(line + (f"; {_listed(smaller)}." if smaller else "."), 88)

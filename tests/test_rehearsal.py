@@ -1,0 +1,152 @@
+"""The rehearsal of the full profile (SEGBOOK_REHEARSAL=1): what it relaxes, what it caps, what it keeps."""
+from __future__ import annotations
+
+import ast
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import segbook
+from segbook import profiles, rehearsal
+from segbook.data import VOCSegmentation, find_voc_dir, is_toy_voc
+from segbook.data.voc_shaped import VOC_SIZES, make_voc_shaped
+from segbook.evaluation import evaluate
+from segbook.loop import fit
+from segbook.runtime import amp_dtype, default_channels_last, scaler_enabled
+
+
+@pytest.fixture(autouse=True)
+def fresh(monkeypatch, tmp_path):
+    monkeypatch.setattr(profiles, "_downgraded", None)
+    monkeypatch.setattr(rehearsal, "_said", set())
+    monkeypatch.setattr(rehearsal, "SKIPPED", [])
+    monkeypatch.setenv("SEGBOOK_DATA", str(tmp_path / "home"))
+    for name in ("SEGBOOK_VOC_ROOT", "SEGBOOK_PROFILE", "SEGBOOK_DEVICE", "SEGBOOK_REHEARSAL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def voc_shaped(tmp_path_factory):
+    return make_voc_shaped(tmp_path_factory.mktemp("rehearsal"), num_train=7, num_val=7)
+
+
+def test_the_voc_shaped_set_is_voc_at_real_sizes_with_every_class(voc_shaped):
+    assert find_voc_dir(voc_shaped.parent.parent) == voc_shaped and not is_toy_voc(voc_shaped)
+    for split in ("train", "val"):
+        dataset = VOCSegmentation(voc_shaped, split)
+        values = set()
+        for i in range(len(dataset)):
+            image, label = dataset[i]
+            assert tuple(image.shape[1:]) in VOC_SIZES
+            values |= set(label.unique().tolist())
+        assert values == set(range(21)) | {255}
+    with Image.open(dataset.label_path(0)) as png:
+        assert png.mode == "P"
+
+
+def test_full_on_a_cpu_is_a_loud_rehearsal_only_when_asked(monkeypatch, voc_shaped, capsys):
+    monkeypatch.setenv("SEGBOOK_VOC_ROOT", str(voc_shaped))
+    monkeypatch.setenv("SEGBOOK_PROFILE", "full")
+    monkeypatch.setenv("SEGBOOK_REHEARSAL", "1")
+    assert segbook.get_profile(torch.device("cpu")) == "full"
+    assert capsys.readouterr().out.startswith("rehearsal: ") and profiles.profile_downgraded() is None
+    monkeypatch.setenv("SEGBOOK_REHEARSAL", "0")
+    assert segbook.get_profile(torch.device("cpu")) == "quick"  # the GPU check is back
+    assert "no CUDA GPU" in capsys.readouterr().out
+
+
+def test_a_rehearsal_takes_cudas_lines_on_the_cpu(monkeypatch):
+    cpu = torch.device("cpu")
+    assert (amp_dtype(None, cpu), scaler_enabled(None, cpu), default_channels_last(cpu)) == (None, False, False)
+    monkeypatch.setenv("SEGBOOK_REHEARSAL", "1")
+    assert (amp_dtype(None, cpu), scaler_enabled(torch.bfloat16, cpu), default_channels_last(cpu)) == (
+        torch.bfloat16, True, True)
+    assert amp_dtype(False, cpu) is None  # an explicit choice still wins
+
+
+def _loaders(n_train=12, n_val=5):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(n_train + n_val, 3, 8, 8, generator=g)
+    labels = torch.randint(0, 3, (n_train + n_val, 8, 8), generator=g)
+    train = DataLoader(TensorDataset(images[:n_train], labels[:n_train]), batch_size=2)
+    val = DataLoader(TensorDataset(images[n_train:], labels[n_train:]), batch_size=5)
+    return train, val
+
+
+class Counting(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.calls = nn.Conv2d(3, 3, 1), 0
+
+    def forward(self, x):
+        self.calls += x.shape[0]
+        return {"out": self.conv(x)}
+
+
+def test_fit_and_evaluate_stop_early_in_a_rehearsal(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("SEGBOOK_REHEARSAL", "1")
+    train, val = _loaders()
+    model = Counting()
+    history = fit(model, train, val, epochs=5, device="cpu", num_classes=3, checkpoint_dir=tmp_path,
+                  live_plot=False, progress=False, log=None)
+    assert len(history) == rehearsal.EPOCHS
+    per_epoch = rehearsal.STEPS_PER_EPOCH * 2 + rehearsal.IMAGES  # batch-2 steps, then one image at a time
+    assert model.calls == rehearsal.EPOCHS * per_epoch
+    assert history[1]["lr"] < history[0]["lr"]  # the schedule is laid out for 5 epochs of 6 steps
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["scaler"]["scale"] > 1  # the GradScaler ran
+    out = capsys.readouterr().out
+    assert "fit stops after 2 of its 5 epochs" in out and "bfloat16" in out
+    model.calls = 0
+    evaluate(model, val, num_classes=3)
+    assert model.calls == rehearsal.IMAGES
+
+
+def test_outside_a_rehearsal_nothing_is_capped():
+    train, val = _loaders()
+    model = Counting()
+    fit(model, train, val, epochs=2, device="cpu", num_classes=3, live_plot=False, progress=False, log=None)
+    assert model.calls == 2 * (6 * 2 + 5)
+
+
+def test_a_failing_assert_becomes_a_skipped_check(capsys):
+    source = "x = 1\nassert x == 2, 'never shown'\nassert x == 1\ny = 3\n"
+    tree = rehearsal._AssertToCheck(source).visit(ast.parse(source))
+    scope = {}
+    exec(compile(ast.fix_missing_locations(tree), "<cell>", "exec"), scope)
+    assert scope["y"] == 3 and rehearsal.SKIPPED == ["assert x == 2, 'never shown'"]
+    assert capsys.readouterr().out == "rehearsal: skipped check: assert x == 2, 'never shown'\n"
+
+
+def test_the_batch_is_as_written_unless_a_rehearsal_caps_it(monkeypatch, capsys):
+    monkeypatch.setenv("SEGBOOK_REHEARSAL_BATCH", "2")
+    assert rehearsal.batch_size(8) == 8  # not a rehearsal: ignored
+    monkeypatch.setenv("SEGBOOK_REHEARSAL", "1")
+    assert rehearsal.batch_size(8) == 2 and rehearsal.batch_size(1) == 1
+    assert "cut from 8 to 2" in capsys.readouterr().out
+    monkeypatch.setenv("SEGBOOK_REHEARSAL_BATCH", "two")
+    with pytest.raises(ValueError, match="SEGBOOK_REHEARSAL_BATCH"):
+        rehearsal.batch_size(8)
+
+
+def test_every_check_a_rehearsal_may_skip_is_an_assert_of_its_chapter():
+    """tools/rehearsal_checks.json names asserts as the chapters write them; a reworded one must be listed anew."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    expected = json.loads((root / "tools" / "rehearsal_checks.json").read_text())
+    for stem, checks in expected.items():
+        notebook = json.loads((root / "chapters" / f"{stem}.ipynb").read_text())
+        asserts = set()
+        for cell in notebook["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            text = "\n".join(line for line in "".join(cell["source"]).splitlines()
+                             if not line.lstrip().startswith("%"))
+            asserts |= {" ".join(ast.get_source_segment(text, node).split())
+                        for node in ast.walk(ast.parse(text)) if isinstance(node, ast.Assert)}
+        stale = [check for check in checks if check not in asserts]
+        assert not stale, f"{stem}: tools/rehearsal_checks.json lists asserts the chapter no longer has: {stale}"

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
 __all__ = ["MIT_CONFIGS", "MIT_URLS", "EfficientSelfAttention", "MiTBlock", "MixFFN", "MixTransformer",
-           "OverlapPatchEmbed", "convert_segformer_state_dict", "load_weights_file"]
+           "OverlapPatchEmbed", "convert_segformer_state_dict", "init_weights_", "load_weights_file"]
 
 # variant -> widths, blocks per stage, heads, key/value reduction ratios (SegFormer, Table 6)
 MIT_CONFIGS = {
@@ -54,6 +54,28 @@ STAGES = ("stage1", "stage2", "stage3", "stage4")
 def tokens_to_map(tokens: Tensor, h: int, w: int) -> Tensor:
     """(B, N, C) with N = h*w in row-major order -> (B, C, h, w)."""
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
+
+def init_weights_(module: nn.Module) -> None:
+    """The SegFormer authors' initialisation (``module.apply(init_weights_)``).
+
+    Linear layers: truncated normal with std 0.02, bias 0; LayerNorm: 1 and 0;
+    convolutions: normal with std ``sqrt(2 / fan_out)`` (He, fan-out counted per
+    group), bias 0. PyTorch's own default gives a 32-wide linear layer weights
+    five times larger, which a from-scratch run feels.
+    """
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+        nn.init.normal_(module.weight, std=(2.0 / fan_out) ** 0.5)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -204,6 +226,7 @@ class MixTransformer(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.channels = dict(zip(STAGES, cfg["channels"]))
         self.strides = dict(zip(STAGES, (4, 8, 16, 32)))
+        self.apply(init_weights_)
         self._load_pretrained(pretrained, progress)
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:

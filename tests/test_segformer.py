@@ -245,3 +245,18 @@ def test_download_goes_through_the_key_map(monkeypatch, mit_b0_checkpoint) -> No
     published = torch.load(folder / "pytorch_model.bin", weights_only=True)
     weight = published["segformer.encoder.block.2.1.attention.self.query.weight"]
     assert torch.equal(encoder.stages[2].blocks[1].attn.query.weight, weight)
+
+
+def test_encoder_starts_from_the_authors_initialisation() -> None:
+    # trunc-normal(0.02) linear layers, He (fan-out) convolutions, zero biases, LayerNorm (1, 0);
+    # PyTorch's defaults would give a 32-wide linear layer a std of about 0.10
+    torch.manual_seed(0)
+    encoder = MixTransformer("mit_b0")
+    linear = torch.cat([m.weight.flatten() for m in encoder.modules() if isinstance(m, torch.nn.Linear)])
+    assert abs(linear.std().item() - 0.02) < 0.002
+    fc1 = encoder.stages[0].blocks[0].ffn.fc1
+    assert torch.equal(fc1.bias, torch.zeros_like(fc1.bias))
+    embed = encoder.stages[0].embed.proj                             # 7x7, 32 outputs: fan-out 1568
+    assert abs(embed.weight.std().item() - (2 / (7 * 7 * 32)) ** 0.5) < 0.004
+    dwconv = encoder.stages[3].blocks[0].ffn.dwconv                  # depthwise: fan-out 9 per group
+    assert abs(dwconv.weight.std().item() - (2 / 9) ** 0.5) < 0.03

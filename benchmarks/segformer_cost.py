@@ -26,7 +26,7 @@ How it is measured, the same on every machine:
   pass; the tally adds the bytes of each distinct storage once, leaving out the
   weights and the layer's input. That is the training memory of the layer's
   forward, what a batch of one holds until its backward runs; it is exact
-  arithmetic on meta tensors, so a dense 65,536-cell layer that would need 50 GiB
+  arithmetic on meta tensors, so a dense 65,536-cell layer that keeps 16 GiB
   is tallied without allocating it. ``--check`` also measures the real CPU peak of
   a forward + backward with ``torch.profiler`` (``benchmarks/memory.py``) for the
   layers that fit in ``--max-gib``, beside the tally.

@@ -72,9 +72,9 @@ CHECK = dict(model="FCN-32s", seed=0, epochs=1)  # the run the tests repeat: abo
 COST_SIZE = 256
 
 
-def build(label: str) -> torch.nn.Module:
-    name, extra = MODELS[label]
-    return build_model(name, num_classes=NUM_CLASSES, backbone="resnet18", **extra)
+def build(label: str, models: dict = MODELS) -> torch.nn.Module:
+    name, extra = models[label]
+    return build_model(name, num_classes=NUM_CLASSES, **{"backbone": "resnet18", **extra})
 
 
 class FirstStepLoss:
@@ -98,12 +98,12 @@ class FirstStepLoss:
         return result
 
 
-def run(label: str, seed: int, epochs: int) -> dict:
+def run(label: str, seed: int, epochs: int, models: dict = MODELS) -> dict:
     """Train one model with the quick settings and ``seed``; its scores as a row."""
     train_loader, val_loader = load_voc(QUICK["batch_size"], QUICK["crop_size"], source="toy", seed=seed,
                                         verbose=False)
     seed_everything(seed)
-    model = build(label)
+    model = build(label, models)
     loss_fn = FirstStepLoss(model)
     began = time.perf_counter()
     history = fit(model, train_loader, val_loader, epochs=epochs, lr=QUICK["lr"], device="cpu",
@@ -123,16 +123,17 @@ def run_check(seed: int = CHECK["seed"]) -> dict:
     return run(CHECK["model"], seed, CHECK["epochs"])
 
 
-def costs(repeats: int) -> dict:
+def costs(repeats: int, models: dict = MODELS) -> dict:
     """Median CPU latency and peak training-step memory of every model, measured interleaved."""
+    labels = list(models)
     g = torch.Generator().manual_seed(0)
     image = torch.randn(1, 3, COST_SIZE, COST_SIZE, generator=g)               # (1, 3, H, W)
     crops = torch.randn(2, 3, COST_SIZE, COST_SIZE, generator=g)               # (2, 3, H, W)
     target = torch.randint(0, NUM_CLASSES, (2, COST_SIZE, COST_SIZE), generator=g)  # (2, H, W)
-    models = {label: build(label) for label in MODELS}
-    times = {label: [] for label in MODELS}
+    built = {label: build(label, models) for label in labels}
+    times = {label: [] for label in labels}
     memory = {}
-    for label, model in models.items():
+    for label, model in built.items():
         loss_fn = model_loss(model)
 
         def step(model=model, loss_fn=loss_fn) -> None:
@@ -141,18 +142,18 @@ def costs(repeats: int) -> dict:
         step()  # allocates the gradients, which then count as weights
         memory[label] = peak_bytes(step, torch.device("cpu"))[1]  # (before a MARK, overall)
     with torch.no_grad():
-        for label, model in models.items():
+        for label, model in built.items():
             model.eval()(image)  # warm-up
         for r in range(repeats):
-            order = list(models)[r % len(models):] + list(models)[:r % len(models)]  # rotate the order
+            order = labels[r % len(labels):] + labels[:r % len(labels)]  # rotate the order
             for label in order:
                 began = time.perf_counter()
-                models[label](image)
+                built[label](image)
                 times[label].append(time.perf_counter() - began)
     latency = {label: statistics.median(t) for label, t in times.items()}
     return {label: {"latency_ratio": round(latency[label] / latency["FCN-32s"], 3),
                     "latency_ms": round(1e3 * latency[label], 1),
-                    "train_step_mb": round(memory[label] / 2**20, 1)} for label in MODELS}
+                    "train_step_mb": round(memory[label] / 2**20, 1)} for label in labels}
 
 
 def main() -> None:

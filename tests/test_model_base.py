@@ -29,6 +29,7 @@ CONTRACT_MODELS = {
     "pspnet": dict(backbone="resnet18", output_stride=8),
     "ccnet": dict(backbone="resnet18", output_stride=8),
     "deeplabv3plus": dict(backbone="resnet18", output_stride=16),
+    "segformer": dict(backbone="mit_b0"),
 }
 ODD_SIZES = [(32, 32), (33, 47), (65, 97)]
 

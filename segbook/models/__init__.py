@@ -19,6 +19,9 @@ from segbook.models.pspnet import PSPNet, PyramidPoolingModule
 from segbook.models.ccnet import CCNet, CrissCrossAttention
 from segbook.models.deeplab import DeepLabV3Plus
 from segbook.models.pointrend import PointRend
+from segbook.models.mit import MixTransformer
+from segbook.models.segformer import SegFormer
 
-__all__ = ["CCNet", "CrissCrossAttention", "DeepLabV3Plus", "FCN", "FCNHead", "MODELS", "PSPNet", "PointRend",
-           "PyramidPoolingModule", "ResNetBackbone", "SegmentationModel", "build_model", "register_model"]
+__all__ = ["CCNet", "CrissCrossAttention", "DeepLabV3Plus", "FCN", "FCNHead", "MODELS", "MixTransformer", "PSPNet",
+           "PointRend", "PyramidPoolingModule", "ResNetBackbone", "SegFormer", "SegmentationModel", "build_model",
+           "register_model"]

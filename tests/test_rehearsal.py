@@ -150,3 +150,24 @@ def test_every_check_a_rehearsal_may_skip_is_an_assert_of_its_chapter():
                         for node in ast.walk(ast.parse(text)) if isinstance(node, ast.Assert)}
         stale = [check for check in checks if check not in asserts]
         assert not stale, f"{stem}: tools/rehearsal_checks.json lists asserts the chapter no longer has: {stale}"
+
+
+def test_the_stand_in_mit_b0_loads_through_the_readers_download_path(monkeypatch, tmp_path):
+    """The rehearsal's MiT-B0 file sits where the download lands; the key map then loads every tensor."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from make_rehearsal_data import write_stand_in_mit_b0
+    from segbook.models.mit import MixTransformer, convert_segformer_state_dict
+
+    path = write_stand_in_mit_b0(tmp_path / "torch")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: pytest.fail("it tried to download"))
+    encoder = MixTransformer("mit_b0", pretrained=True)
+    published = convert_segformer_state_dict(torch.load(path, weights_only=True))
+    ours = encoder.state_dict()
+    assert {f"backbone.{k}" for k in ours} == {k for k in published if k.startswith("backbone.")}
+    assert all(torch.equal(ours[k], published[f"backbone.{k}"]) for k in ours)
+    first = next(iter(ours))  # the patch embedding's convolution: the file's values, not a fresh init
+    assert not torch.equal(ours[first], MixTransformer("mit_b0", pretrained=False).state_dict()[first])

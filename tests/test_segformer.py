@@ -17,6 +17,9 @@ import math
 import re
 from urllib.error import URLError
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -24,11 +27,11 @@ from segbook.models import build_model
 from segbook.models.mit import MIT_URLS, MixTransformer, convert_segformer_state_dict
 from segbook.models.segformer import SegFormer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+
+from make_rehearsal_data import B0, published_names  # tools/: the hub's names, rebuilt from transformers'
 from transformers import SegformerConfig, SegformerForImageClassification, SegformerForSemanticSegmentation
 
-B0 = dict(hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], num_attention_heads=[1, 2, 5, 8],
-          sr_ratios=[8, 4, 2, 1], patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2], mlp_ratios=[4, 4, 4, 4],
-          decoder_hidden_size=256, hidden_act="gelu")
 
 
 def _reference(num_classes: int, seed: int = 0) -> SegformerForSemanticSegmentation:
@@ -142,26 +145,6 @@ def test_output_is_at_the_input_size_for_any_size_from_32(size: tuple[int, int])
 
 # --- the published checkpoint's names ---------------------------------------------------------------
 
-def _published_names(state_dict: dict) -> dict:
-    """transformers 5's names written back in the checkpoint's (transformers 4) layout, as on the hub."""
-    renames = [(r"^segformer\.stages\.(\d+)\.patch_embeddings\.", r"segformer.encoder.patch_embeddings.\1."),
-               (r"^segformer\.stages\.(\d+)\.blocks\.(\d+)\.", r"segformer.encoder.block.\1.\2."),
-               (r"^segformer\.stages\.(\d+)\.layer_norm\.", r"segformer.encoder.layer_norm.\1."),
-               (r"layernorm_before", "layer_norm_1"), (r"layernorm_after", "layer_norm_2"),
-               (r"attention\.q_proj", "attention.self.query"), (r"attention\.k_proj", "attention.self.key"),
-               (r"attention\.v_proj", "attention.self.value"),
-               (r"attention\.sequence_reduction\.sequence_reduction", "attention.self.sr"),
-               (r"attention\.sequence_reduction\.layer_norm", "attention.self.layer_norm"),
-               (r"attention\.o_proj", "attention.output.dense"),
-               (r"mlp\.fc1", "mlp.dense1"), (r"mlp\.fc2", "mlp.dense2")]
-    published = {}
-    for key, value in state_dict.items():
-        for pattern, replacement in renames:
-            key = re.sub(pattern, replacement, key)
-        published[key] = value
-    return published
-
-
 @pytest.fixture(scope="module")
 def mit_b0_checkpoint(tmp_path_factory) -> tuple:
     """A file laid out as nvidia/mit-b0's: an ImageNet classifier's weights under the published names."""
@@ -172,7 +155,7 @@ def mit_b0_checkpoint(tmp_path_factory) -> tuple:
     with torch.no_grad():
         for tensor in classifier.state_dict().values():
             tensor.add_(0.05 * torch.randn(tensor.shape))
-    state_dict = _published_names(classifier.state_dict())
+    state_dict = published_names(classifier.state_dict())
     assert "segformer.encoder.block.1.0.attention.self.sr.weight" in state_dict
     assert state_dict["segformer.encoder.patch_embeddings.0.proj.weight"].shape == (32, 3, 7, 7)
     assert state_dict["classifier.weight"].shape == (1000, 256)
@@ -181,7 +164,7 @@ def mit_b0_checkpoint(tmp_path_factory) -> tuple:
     return folder, classifier.eval()
 
 
-def test_constructed_checkpoint_has_the_published_names(mit_b0_checkpoint) -> None:
+def test_constructed_checkpoint_has_thepublished_names(mit_b0_checkpoint) -> None:
     # transformers reads hub checkpoints through its own renaming of the old names: if the file's
     # names were not the published ones, it would report them missing or unexpected.
     folder, original = mit_b0_checkpoint
@@ -204,7 +187,7 @@ def test_published_checkpoint_loads_into_the_encoder(mit_b0_checkpoint) -> None:
 
 def test_wrong_variant_names_the_keys(tmp_path) -> None:
     path = tmp_path / "b0.pth"
-    torch.save(_published_names(SegformerForImageClassification(
+    torch.save(published_names(SegformerForImageClassification(
         SegformerConfig(**B0)).state_dict()), path)
     with pytest.raises(ValueError, match=r"b0\.pth does not hold the weights of a mit_b1 encoder.*reshaped"):
         MixTransformer("mit_b1", pretrained=path)

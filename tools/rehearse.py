@@ -1,6 +1,6 @@
 """Rehearse the full profile of every chapter on the CPU, and report what it took.
 
-    python tools/rehearse.py                      # chapters 01..07
+    python tools/rehearse.py                      # every chapter
     python tools/rehearse.py chapters/03_fcn.ipynb chapters/05_ccnet.ipynb
     python tools/rehearse.py --record             # add this run's skipped checks to the expected ones
     python tools/rehearse.py --batch 2 chapters/04_pspnet.ipynb   # CI: training batches cut to 2

@@ -18,9 +18,23 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SHIPPED", "add_output_options", "output_path", "side_by_side", "stamp", "write_json"]
+__all__ = ["SHIPPED", "add_output_options", "first_batch", "output_path", "side_by_side", "stamp",
+           "write_json"]
 
 SHIPPED = Path(__file__).resolve().parent.parent / "segbook" / "results"  # package data, loaded by chapters
+
+
+def first_batch(loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+    """A loader over ``loader``'s first batch only, in the same order and with the same collation.
+
+    A check run that compares only training losses still goes through ``fit``,
+    which validates after every epoch; a one-batch validation keeps that path
+    and skips work whose numbers nobody reads (the training losses of a
+    one-epoch run cannot depend on it).
+    """
+    count = min(len(loader.dataset), loader.batch_size or 1)
+    return torch.utils.data.DataLoader(torch.utils.data.Subset(loader.dataset, range(count)),
+                                       batch_size=loader.batch_size, collate_fn=loader.collate_fn)
 
 
 def stamp() -> dict:

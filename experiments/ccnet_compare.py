@@ -26,7 +26,7 @@ from segbook.data import NUM_CLASSES, load_voc
 from segbook.models import build_model
 from segbook.train import fit
 
-from _harness import add_output_options, output_path, side_by_side, stamp, write_json  # experiments/_harness.py
+from _harness import add_output_options, first_batch, output_path, side_by_side, stamp, write_json  # experiments/_harness.py
 
 QUICK = dict(backbone="resnet18", output_stride=16, crop_size=(96, 128), batch_size=8, epochs=3,
              lr=0.01)  # chapter 5's quick profile
@@ -38,17 +38,24 @@ MODELS = {  # name in the table: (registered model, extra keywords)
 CHECK = dict(model="CCNet", seed=0, epochs=1)  # the run the test repeats: about 10 s on 2 quiet cores
 
 
-def run(label: str, seed: int, epochs: int) -> dict:
-    """Train MODELS[label] with the quick settings and ``seed``; its final scores as a row."""
+def run(label: str, seed: int, epochs: int, scored: bool = True) -> dict:
+    """Train MODELS[label] with the quick settings and ``seed``; its final scores as a row.
+
+    ``scored=False`` validates on one batch and returns the training losses alone.
+    """
     name, extra = MODELS[label]
     train_loader, val_loader = load_voc(QUICK["batch_size"], QUICK["crop_size"], source="toy", seed=seed,
                                         verbose=False)
+    val_loader = val_loader if scored else first_batch(val_loader)
     seed_everything(seed)
     model = build_model(name, num_classes=NUM_CLASSES, backbone=QUICK["backbone"],
                         output_stride=QUICK["output_stride"], **extra)
     history = fit(model, train_loader, val_loader, epochs=epochs, lr=QUICK["lr"], device="cpu",
                   num_classes=NUM_CLASSES, seed=seed, live_plot=False, progress=False, log=None)
     first, last = history[0], history[-1]
+    if not scored:
+        return {"model": label, "seed": seed, "epochs": epochs, "train_loss": round(last["train_loss"], 4),
+                "first_train_loss": round(first["train_loss"], 4)}
     row = {"model": label, "seed": seed, "epochs": epochs, "val_miou": round(last["val_miou"], 4),
            "val_pixel_acc": round(last["val_pixel_acc"], 4), "train_loss": round(last["train_loss"], 4),
            "first_train_loss": round(first["train_loss"], 4)}
@@ -57,9 +64,9 @@ def run(label: str, seed: int, epochs: int) -> dict:
     return row
 
 
-def run_check(seed: int = CHECK["seed"]) -> dict:
+def run_check(seed: int = CHECK["seed"], scored: bool = True) -> dict:
     """``CHECK``, the cheap run that tests/test_ccnet_results.py repeats (``check_spread.py``)."""
-    return run(CHECK["model"], seed, CHECK["epochs"])
+    return run(CHECK["model"], seed, CHECK["epochs"], scored)
 
 
 def main() -> None:

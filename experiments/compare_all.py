@@ -46,6 +46,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "benchmarks")]
 from memory import peak_bytes  # noqa: E402  benchmarks/memory.py: one way to measure peak memory
+from _harness import first_batch  # noqa: E402
 from pointrend_compare import score  # noqa: E402  mIoU and boundary mIoU over whole images
 
 from segbook import seed_everything  # noqa: E402
@@ -98,10 +99,14 @@ class FirstStepLoss:
         return result
 
 
-def run(label: str, seed: int, epochs: int, models: dict = MODELS) -> dict:
-    """Train one model with the quick settings and ``seed``; its scores as a row."""
+def run(label: str, seed: int, epochs: int, models: dict = MODELS, scored: bool = True) -> dict:
+    """Train one model with the quick settings and ``seed``; its scores as a row.
+
+    ``scored=False`` validates on one batch and returns the training losses alone.
+    """
     train_loader, val_loader = load_voc(QUICK["batch_size"], QUICK["crop_size"], source="toy", seed=seed,
                                         verbose=False)
+    val_loader = val_loader if scored else first_batch(val_loader)
     seed_everything(seed)
     model = build(label, models)
     loss_fn = FirstStepLoss(model)
@@ -110,17 +115,17 @@ def run(label: str, seed: int, epochs: int, models: dict = MODELS) -> dict:
                   num_classes=NUM_CLASSES, seed=seed, live_plot=False, progress=False, log=None,
                   loss_fn=loss_fn)
     seconds = time.perf_counter() - began
-    scores = score(model, val_loader.dataset)
+    scores = ({**score(model, val_loader.dataset), "val_pixel_acc": round(history[-1]["val_pixel_acc"], 4)}
+              if scored else {})
     return {"model": label, "seed": seed, "epochs": epochs, **scores,
-            "val_pixel_acc": round(history[-1]["val_pixel_acc"], 4),
             "first_step_loss": round(loss_fn.value, 4),
             "first_train_loss": round(history[0]["train_loss"], 4),
             "train_loss": round(history[-1]["train_loss"], 4), "train_seconds": round(seconds, 1)}
 
 
-def run_check(seed: int = CHECK["seed"]) -> dict:
+def run_check(seed: int = CHECK["seed"], scored: bool = True) -> dict:
     """``CHECK``, the cheap run that tests/test_compare_all_results.py repeats (``check_spread.py``)."""
-    return run(CHECK["model"], seed, CHECK["epochs"])
+    return run(CHECK["model"], seed, CHECK["epochs"], scored=scored)
 
 
 def costs(repeats: int, models: dict = MODELS) -> dict:

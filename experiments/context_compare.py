@@ -41,7 +41,7 @@ from segbook.metrics import ConfusionMatrix
 from segbook.models import build_model
 from segbook.train import fit
 
-from _harness import add_output_options, output_path, side_by_side, stamp, write_json  # experiments/_harness.py
+from _harness import add_output_options, first_batch, output_path, side_by_side, stamp, write_json  # experiments/_harness.py
 
 RESULTS = Path(__file__).resolve().parent.parent / "segbook" / "results" / "context_compare.json"
 LOG = Path(__file__).resolve().parent / "context_compare_log.jsonl"  # every invocation's rows, appended
@@ -87,8 +87,11 @@ CHECK = {"model": "pspnet", "seed": 0, "epochs": 1}  # the cheap run the tests r
 LABELS = (0, CAR, BOAT)  # rows of the stored confusion counts: background, car, boat
 
 
-def run(settings: dict, name: str, seed: int, epochs: int | None = None) -> dict:
-    """Train ``MODELS[name]`` on the context set with ``settings`` (the argparse defaults' keys); score it."""
+def run(settings: dict, name: str, seed: int, epochs: int | None = None, scored: bool = True) -> dict:
+    """Train ``MODELS[name]`` on the context set with ``settings`` (the argparse defaults' keys); score it.
+
+    ``scored=False`` validates on one batch and returns the training losses alone.
+    """
     size = tuple(settings["size"])
     epochs = epochs or settings["epochs"]
     voc = get_context_voc_dir(settings["data_root"], seed=settings["data_seed"], num_train=settings["num_train"],
@@ -97,6 +100,7 @@ def run(settings: dict, name: str, seed: int, epochs: int | None = None) -> dict
     train_set = VOCSegmentation(voc, "train", transforms=train_transforms(size, None))
     val_set = VOCSegmentation(voc, "val", transforms=eval_transforms())
     train_loader, val_loader = segmentation_loaders(train_set, val_set, settings["batch"], num_workers=0, seed=seed)
+    val_loader = val_loader if scored else first_batch(val_loader)
     seed_everything(seed)
     model = build_model("pspnet", num_classes=K, backbone="resnet18", output_stride=settings["output_stride"],
                         channels=settings["channels"], pool_norm=settings["pool_norm"], **MODELS[name])
@@ -108,6 +112,10 @@ def run(settings: dict, name: str, seed: int, epochs: int | None = None) -> dict
     history = fit(model, train_loader, val_loader, epochs=epochs, optimizer=optimizer, lr=lr,
                   device="cpu", num_classes=K, seed=seed, live_plot=False, progress=False, log=None)
     seconds = time.perf_counter() - began
+    if not scored:
+        return {"model": name, "seed": seed, "epochs": epochs,
+                "first_train_loss": round(history[0]["train_loss"], 4),
+                "train_loss": round(history[-1]["train_loss"], 4)}
     matrix = confusion(model, val_set)
     counts = [[int(matrix[i, j]) for j in LABELS] + [int(matrix[i].sum() - matrix[i, list(LABELS)].sum())]
               for i in LABELS]  # (3, 4): label bg/car/boat x prediction bg/car/boat/other
@@ -117,10 +125,10 @@ def run(settings: dict, name: str, seed: int, epochs: int | None = None) -> dict
             "train_loss": round(history[-1]["train_loss"], 4), "seconds": round(seconds, 1)}
 
 
-def run_check(seed: int = CHECK["seed"]) -> dict:
+def run_check(seed: int = CHECK["seed"], scored: bool = True) -> dict:
     """``CHECK`` with the stored settings: the cheap run that tests/test_context_results.py repeats."""
     settings = json.loads(RESULTS.read_text())["settings"]
-    return run(settings, CHECK["model"], seed, CHECK["epochs"])
+    return run(settings, CHECK["model"], seed, CHECK["epochs"], scored)
 
 
 def summary(rows: list[dict]) -> dict:

@@ -33,6 +33,8 @@ from segbook.models.deeplab import DeepLabV3Plus
 from segbook.models.pointrend import PointRend, point_loss
 from segbook.train import fit
 
+from _harness import first_batch  # experiments/_harness.py
+
 RESULTS = Path(__file__).resolve().parent.parent / "segbook" / "results" / "pointrend_compare.json"
 QUICK = dict(crop_size=(96, 128), batch_size=8, epochs=3, lr=0.01)  # chapter 6's quick profile
 MODEL = dict(backbone="resnet18", output_stride=16, aspp_channels=64, decoder_channels=64)
@@ -67,24 +69,29 @@ def score(model: torch.nn.Module, val_set) -> dict:
     return {key: round(value, 4) for key, value in row.items()}
 
 
-def run(name: str, seed: int, epochs: int) -> dict:
+def run(name: str, seed: int, epochs: int, scored: bool = True) -> dict:
+    """Train ``name`` with the quick settings and ``seed``; its scores as a row.
+
+    ``scored=False`` validates on one batch and returns the training losses alone.
+    """
     train_loader, val_loader = load_voc(QUICK["batch_size"], QUICK["crop_size"], source="toy", seed=seed,
                                         verbose=False)
+    val_loader = val_loader if scored else first_batch(val_loader)
     seed_everything(seed)
     model = build(name)
     history = fit(model, train_loader, val_loader, epochs=epochs, lr=QUICK["lr"], device="cpu",
                   num_classes=NUM_CLASSES, seed=seed, live_plot=False, progress=False, log=None,
                   loss_fn=point_loss if name == "pointrend" else None)
-    scores = score(model, val_loader.dataset)
-    assert abs(history[-1]["val_miou"] - scores["val_miou"]) < 1e-4  # fit's own validation
+    scores = score(model, val_loader.dataset) if scored else {}
+    assert not scored or abs(history[-1]["val_miou"] - scores["val_miou"]) < 1e-4  # fit's own validation
     return {"model": name, "seed": seed, "epochs": epochs, **scores,
             "first_train_loss": round(history[0]["train_loss"], 4),
             "train_loss": round(history[-1]["train_loss"], 4)}
 
 
-def run_check(seed: int = CHECK["seed"]) -> dict:
+def run_check(seed: int = CHECK["seed"], scored: bool = True) -> dict:
     """``CHECK``, the cheap run that tests/test_pointrend_results.py repeats (``check_spread.py``)."""
-    return run(CHECK["model"], seed, CHECK["epochs"])
+    return run(CHECK["model"], seed, CHECK["epochs"], scored)
 
 
 def main() -> None:

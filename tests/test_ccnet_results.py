@@ -32,5 +32,6 @@ def test_stored_rows_are_whole():
                         "crop_size": list(experiment.QUICK["crop_size"])}
 
 
+@pytest.mark.all_threads  # real training: torch's thread count (the tolerance covers 1, 2, 4)
 def test_check_run_reproduces():
     assert_check_reproduces("ccnet_compare")

@@ -185,7 +185,7 @@ def test_fcn_head_layout() -> None:
 # --- the contract of every registered model ------------------------------------------------------------------
 
 def check_segmentation_contract(model: nn.Module, num_classes: int, sizes=ODD_SIZES) -> None:
-    """What DESIGN.md promises of every model; raises AssertionError naming what broke."""
+    """What every registered model promises (``segbook.models.base``); the AssertionError names what broke."""
     model.eval()
     with torch.no_grad():
         for height, width in sizes:

@@ -18,7 +18,7 @@ from torch import nn
 
 from . import data
 from .checkpoints import ConfigMismatch
-from .distributed import Distributed, all_gather_objects, init_distributed, leave, process_device
+from .distributed import Distributed, RanksDisagree, all_gather_objects, init_distributed, leave, process_device
 from .env import get_device, seed_everything
 from .evaluation import evaluate
 from .loop import TrainingDiverged, fit
@@ -160,7 +160,7 @@ def _train(args, parser: argparse.ArgumentParser, device: torch.device, group: D
             live_plot=False, progress=progress, log=say, sync_batchnorm=args.sync_batchnorm)
     except KeyboardInterrupt:  # fit has said what was saved
         return INTERRUPTED
-    except (ConfigMismatch, TrainingDiverged) as err:
+    except (ConfigMismatch, TrainingDiverged, RanksDisagree) as err:
         return _fail(err)
     if not speaks:
         return 0

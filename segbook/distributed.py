@@ -30,7 +30,7 @@ the global batch: a process whose crops hold more ignored (255) pixels gives
 each of its pixels more weight. The two agree exactly when every process
 counts the same number of pixels (no ignored pixels, equal crops), and differ
 a little otherwise; one process with an N times larger batch is therefore the
-reference only up to that reweighting (``tests/test_distributed.py`` checks
+reference only up to that reweighting (``tests/test_distributed_ranks.py`` checks
 both cases).
 
 On GPUs the backend is NCCL; on CPUs (and in the tests) it is Gloo.
@@ -51,9 +51,10 @@ from .data.loaders import SeededShuffle
 from .env import seed_everything
 from .rng import loader_generators
 
-__all__ = ["Distributed", "ShardedSeededShuffle", "agree_on_resume", "all_gather_objects", "all_gather_states",
-           "init_distributed", "leave", "mean_over_processes", "process_device", "seed_process", "share_buffers", "shard_train_loader",
-           "shard_val_loader", "torchrun_env", "wait_for_rank0", "wrap_model"]
+__all__ = ["Distributed", "RanksDisagree", "ShardedSeededShuffle", "agree_on_resume", "all_gather_objects",
+           "all_gather_states", "init_distributed", "leave", "mean_over_processes", "process_device",
+           "seed_process", "share_buffers", "shard_train_loader", "shard_val_loader", "torchrun_env",
+           "wait_for_rank0", "wrap_model"]
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -305,6 +306,10 @@ def wait_for_rank0() -> None:
     dist.barrier()
 
 
+class RanksDisagree(RuntimeError):
+    """The processes of one run resumed from different checkpoints; the message says which rank is where."""
+
+
 def agree_on_resume(start: int, group: Distributed, device: torch.device) -> None:
     """Stop every process, with one message, unless all resumed at the same epoch.
 
@@ -319,5 +324,5 @@ def agree_on_resume(start: int, group: Distributed, device: torch.device) -> Non
     dist.all_reduce(starts)  # (world_size,): every process's next epoch
     if len(set(starts.tolist())) > 1:
         where = ", ".join(f"rank {r} at epoch {e}" for r, e in enumerate(starts.tolist()))
-        raise RuntimeError(f"the processes resumed at different points ({where}): each must read the same "
+        raise RanksDisagree(f"the processes resumed at different points ({where}): each must read the same "
                            "last.pt; give checkpoint_dir as an absolute path on a disk every machine shares.")

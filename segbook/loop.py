@@ -151,26 +151,16 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
         val_loader = shard_val_loader(val_loader, group) if group is not None else val_loader
         steps_per_epoch = _length(loader)
         model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-        optimizer = optimizer or torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                                 momentum=momentum, weight_decay=weight_decay)
-        scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(epochs * steps_per_epoch, poly_power))
-                     if schedule == "poly" else None)
-        scaler = torch.amp.GradScaler(device.type, enabled=scaler_enabled(amp_dtype, device))
+        optimizer, scheduler, scaler = _optimization(
+            model, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
+            poly_power=poly_power, total_steps=epochs * steps_per_epoch, amp_dtype=amp_dtype, device=device)
         loss_fn = loss_fn or model_loss(model, aux_weights)
         config = {"model": type(model).__name__, "optimizer": type(optimizer).__name__, "lr": lr,
                   "momentum": momentum, "weight_decay": weight_decay, "schedule": schedule, "poly_power": poly_power,
                   "seed": seed, "epochs": epochs, **(run_config or {})}
-
         last, best = _checkpoint_files(checkpoint_dir, say, clean=main)  # another rank's .tmp may be mid-write
-        history, best_miou, start = [], -math.inf, 1
-        if resume:
-            if last is None:
-                raise ValueError("resume=True needs checkpoint_dir, the folder that holds last.pt.")
-            history, best_miou, start = _resume(last, model, optimizer, scheduler, scaler, train_loader, epochs,
-                                                config, say, device=device, rank=group.rank if group else 0)
-            if group is not None:
-                agree_on_resume(start, group, device)
-        kept_epoch = history[-1]["epoch"] if history and last is not None and last.is_file() else None
+        history, best_miou, start, kept_epoch = _starting_point(
+            resume, last, model, optimizer, scheduler, scaler, train_loader, epochs, config, say, device, group)
         net = wrap_model(model, group, device, sync_batchnorm) if group is not None else model
 
         plot = LivePlot(live_plot if main else False)
@@ -194,11 +184,10 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
                 say(_interrupted_message(epoch, last, kept_epoch))
                 raise
             num_classes = val["confusion"].num_classes
-            row = {"epoch": epoch, **stats, "val_loss": val["loss"], "val_pixel_acc": val["pixel_acc"],
-                   "val_miou": val["miou"], "lr": lr_now, "seconds": time.perf_counter() - began}
-            history.append(row)
-            improved = row["val_miou"] > best_miou  # NaN (no class seen) never counts as better
-            best_miou = row["val_miou"] if improved else best_miou
+            history.append({"epoch": epoch, **stats, "val_loss": val["loss"], "val_pixel_acc": val["pixel_acc"],
+                            "val_miou": val["miou"], "lr": lr_now, "seconds": time.perf_counter() - began})
+            improved = history[-1]["val_miou"] > best_miou  # NaN (no class seen) never counts as better
+            best_miou = history[-1]["val_miou"] if improved else best_miou
             if last is not None:
                 state = _epoch_state(model, optimizer, scheduler, scaler, train_loader, device, group, epoch=epoch,
                                      epochs=epochs, history=history, best_miou=best_miou, config=config)
@@ -206,7 +195,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
                     _save(state, last, best if improved else None)
                 kept_epoch = epoch
             plot.update(history)  # first, so that in a notebook the figure sits above the epoch lines
-            say(_format_epoch(row, epochs))
+            say(_format_epoch(history[-1], epochs))
         if start > epochs:
             say(f"{short_path(last)} already holds {start - 1} epochs (epochs={epochs}); nothing to train")
         if group is not None and last is not None:
@@ -256,6 +245,33 @@ def _save(state: dict, last: Path, best: Path | None) -> None:
 
 
 _resume = resume  # fit's keyword of the same name hides the function inside it
+
+
+def _optimization(model: nn.Module, optimizer: torch.optim.Optimizer | None, *, lr: float, momentum: float,
+                  weight_decay: float, schedule: str | None, poly_power: float, total_steps: int,
+                  amp_dtype: torch.dtype | None, device: torch.device) -> tuple:
+    """(optimizer, scheduler, scaler): the given optimizer or SGD, the poly decay per step, the float16 scaler."""
+    optimizer = optimizer or torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                             momentum=momentum, weight_decay=weight_decay)
+    scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(total_steps, poly_power))
+                 if schedule == "poly" else None)
+    scaler = torch.amp.GradScaler(device.type, enabled=scaler_enabled(amp_dtype, device))  # off but for float16
+    return optimizer, scheduler, scaler
+
+
+def _starting_point(resume_: bool, last: Path | None, model, optimizer, scheduler, scaler, train_loader,
+                    epochs: int, config: dict, say, device: torch.device, group: Distributed | None) -> tuple:
+    """(history, best mIoU, first epoch to train, epoch ``last.pt`` holds): fresh, or from ``last.pt`` when resuming."""
+    history, best_miou, start = [], -math.inf, 1
+    if resume_:
+        if last is None:
+            raise ValueError("resume=True needs checkpoint_dir, the folder that holds last.pt.")
+        history, best_miou, start = _resume(last, model, optimizer, scheduler, scaler, train_loader, epochs,
+                                            config, say, device=device, rank=group.rank if group else 0)
+        if group is not None:
+            agree_on_resume(start, group, device)  # every process at the same epoch, or a clear error
+    kept_epoch = history[-1]["epoch"] if history and last is not None and last.is_file() else None
+    return history, best_miou, start, kept_epoch
 
 
 def _interrupted_message(epoch: int, last: Path | None, kept_epoch: int | None) -> str:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from test_distributed import NUM_CLASSES, TinySegmenter, _free_port, _loaders
 
 from segbook import data
-from segbook.distributed import init_distributed, shard_val_loader
+from segbook.distributed import RanksDisagree, init_distributed, shard_val_loader
 from segbook.evaluation import evaluate
 from segbook.train import fit
 
@@ -95,7 +95,7 @@ def _scenarios(rank: int, tmp: str) -> dict:
     try:
         _train(elsewhere, epochs=3, resume=True)
         out["disagreement"] = None
-    except RuntimeError as err:
+    except RanksDisagree as err:
         out["disagreement"] = str(err)
     torch.save({ignored: _one_step(2, ignored) for ignored in (False, True)}, Path(tmp, f"step{rank}.pt"))
     return out

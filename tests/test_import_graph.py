@@ -112,6 +112,18 @@ def test_the_graph_has_the_arrows_the_layers_need() -> None:
     assert not any(m.startswith("segbook.models") for m in graph["segbook.data"])  # data below models
 
 
+def test_train_only_gathers_the_tools_and_distributed_code_lives_in_distributed() -> None:
+    # segbook.train is what the chapters import: re-exports and the CLI's entry point, nothing defined
+    # there; what changes under torchrun lives in segbook.distributed, which the loop calls.
+    graph = import_graph(PACKAGE_DIR, "segbook")
+    assert "segbook.distributed" not in graph["segbook.train"]
+    tree = ast.parse((PACKAGE_DIR / "train.py").read_text())
+    assert not [node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+    assert "segbook.distributed" in graph["segbook.loop"]
+    loop = (PACKAGE_DIR / "loop.py").read_text()
+    assert "dist." not in loop and "torch.distributed" not in loop  # no process-group calls in the loop
+
+
 def _write(root: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
         path = root / name

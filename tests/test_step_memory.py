@@ -70,3 +70,26 @@ def test_the_stored_figures_are_consistent():
         for card, largest in entry["largest_batch"].items():
             room = (stored["cards_gib"][card] - stored["overhead_gib"]) * 2**30 - fixed
             assert largest == max(0, int(room // per_image)), (name, card)
+
+
+def test_every_chapter_that_trains_states_its_memory():
+    """A chapter that calls ``fit`` prints its full step's memory, from an entry the benchmark writes."""
+    import json
+    import re
+    from pathlib import Path
+
+    from segbook.results import load_results
+
+    root = Path(__file__).resolve().parent.parent
+    trains, states = set(), set()
+    for path in sorted((root / "chapters").glob("*.ipynb")):
+        code = "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"]
+                         if c["cell_type"] == "code")
+        if re.search(r"\bfit\(", code):
+            trains.add(path.stem)
+        if "gpu_memory_line(" in code:
+            states.add(path.stem)
+    benchmark = (root / "benchmarks" / "full_memory.py").read_text()
+    assert trains and trains == states, (trains, states)
+    assert trains == set(load_results("full_memory")["chapters"])
+    assert all(f'"{name}"' in benchmark for name in trains)

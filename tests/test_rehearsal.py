@@ -171,3 +171,41 @@ def test_the_stand_in_mit_b0_loads_through_the_readers_download_path(monkeypatch
     assert all(torch.equal(ours[k], published[f"backbone.{k}"]) for k in ours)
     first = next(iter(ours))  # the patch embedding's convolution: the file's values, not a fresh init
     assert not torch.equal(ours[first], MixTransformer("mit_b0", pretrained=False).state_dict()[first])
+
+
+def test_the_stand_in_resnet_weights_load_through_torchvisions_cache(monkeypatch, tmp_path):
+    """The rehearsal's ResNet file sits where torchvision's download lands, and the reader's loader takes it."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from make_rehearsal_data import weight_file
+    from segbook.models.backbones import RESNETS, ResNetBackbone
+
+    build, _ = RESNETS["resnet18"]
+    torch.manual_seed(3)
+    stand_in = build(weights=None).state_dict()
+    path = weight_file(tmp_path / "torch", "resnet18")
+    path.parent.mkdir(parents=True)
+    torch.save(stand_in, path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: pytest.fail("it tried to download"))
+    ours = ResNetBackbone("resnet18", pretrained=True).state_dict()
+    assert ours and all(torch.equal(value, stand_in[key]) for key, value in ours.items())
+
+
+def test_the_rehearsal_fails_on_every_fallback_segbook_prints():
+    """tools/rehearse.py fails a chapter that fell back (random weights, the quick profile); its
+    patterns must be what segbook prints, or a fallback would pass unseen."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "tools"))
+    from rehearse import FALLBACKS
+
+    printed = {name: (root / "segbook" / name).read_text()
+               for name in ("models/backbones.py", "models/mit.py", "profiles.py")}
+    assert "are unavailable (" in printed["models/backbones.py"] and "are unavailable (" in printed["models/mit.py"]
+    assert all(any(pattern in text for text in printed.values()) for pattern in FALLBACKS)
+    assert 'print(f"full profile unavailable: {reason}' in printed["profiles.py"]

@@ -14,6 +14,11 @@ with ``--write`` to the shipped ``segbook/results/segformer_compare.json`` that
 chapters 7 and 8 load. About two minutes a run on two quiet cores.
 
     python experiments/segformer_compare.py --write [--seeds 0 1 2] [--repeats 5]
+    python experiments/segformer_compare.py --write --costs-only   # re-measure the costs, keep the runs
+
+Measure the costs on a quiet machine: the ratio is taken side by side, but a
+loaded machine (other training runs beside it) stretches the two models'
+times unevenly.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE)]
-from _harness import add_output_options, output_path, stamp, write_json  # noqa: E402
+from _harness import SHIPPED, add_output_options, output_path, stamp, write_json  # noqa: E402
 from compare_all import COST_SIZE, QUICK, costs, run  # noqa: E402  chapter 7's training and costs
 from compare_all import MODELS as CHAPTER7_MODELS  # noqa: E402
 
@@ -40,10 +45,23 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=QUICK["epochs"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--costs-only", action="store_true",
+                        help="re-measure latency and memory only; keep the stored runs and settings")
     add_output_options(parser, NAME)
     args = parser.parse_args()
     path = output_path(args, NAME)
     torch.set_num_threads(args.threads)
+    if args.costs_only:
+        stored = json.loads((SHIPPED / f"{NAME}.json").read_text())
+        if stored["settings"]["threads"] != args.threads:
+            raise SystemExit(f"the stored runs used {stored['settings']['threads']} threads; pass --threads to match")
+        stored["settings"]["repeats"] = args.repeats
+        stored.update(stamp())
+        stored["costs"] = costs(args.repeats, {"FCN-32s": CHAPTER7_MODELS["FCN-32s"], **MODELS})
+        print(json.dumps(stored["costs"], indent=1))
+        write_json(path, stored)
+        print(f"wrote {path}")
+        return
     stored = {"settings": {**QUICK, "epochs": args.epochs, "threads": args.threads, "cost_size": COST_SIZE,
                            "repeats": args.repeats, "optimizer": "SGD, momentum 0.9, weight decay 1e-4"},
               "models": {label: [name, extra] for label, (name, extra) in MODELS.items()},

@@ -164,7 +164,7 @@ def mit_b0_checkpoint(tmp_path_factory) -> tuple:
     return folder, classifier.eval()
 
 
-def test_constructed_checkpoint_has_thepublished_names(mit_b0_checkpoint) -> None:
+def test_constructed_checkpoint_has_the_published_names(mit_b0_checkpoint) -> None:
     # transformers reads hub checkpoints through its own renaming of the old names: if the file's
     # names were not the published ones, it would report them missing or unexpected.
     folder, original = mit_b0_checkpoint

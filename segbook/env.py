@@ -1,4 +1,4 @@
-"""Where a chapter runs: the profile, the device and the seed.
+"""Where a chapter runs: the profile, the device and the random seed.
 
 Every chapter's first code cell calls :func:`setup`, which settles these three
 once and prints them on one line, so a reader always knows whether the numbers

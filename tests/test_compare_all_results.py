@@ -47,7 +47,7 @@ def test_one_epoch_of_fcn32s_cannot_be_rechecked_by_its_loss():
 
     FCN-32s's first-epoch mean training loss moved by 0.0105 across four CPU
     configurations, while seed 2 lands only 0.0108 from seed 0: a tolerance that
-    a reader's CPU passes could not tell the seeds apart, so this file is not
+    a reader's CPU passes could not tell seed 0 from seed 2, so this file is not
     re-run (the other stored results are). If a re-measured spread ever makes the
     loss discriminating, this test fails and the re-check should come back.
     """

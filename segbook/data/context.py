@@ -148,7 +148,7 @@ def context_sample(seed: int | np.random.SeedSequence, scene: str, size: tuple[i
     """One (image uint8 (H, W, 3), label uint8 (H, W)) pair: the object of ``seed`` in ``scene``.
 
     ``scene`` is ``"road"`` (the object is labelled car) or ``"water"`` (boat).
-    The seed is split into four independent streams: the scene's, the
+    ``seed`` is split into four independent streams: the scene's, the
     object's (with its mat and the choice of near-field texture), the near
     field's and the sensor noise's. Only the first depends on ``scene``, so the
     same seed in the other scene gives the very same pixels within
@@ -158,7 +158,7 @@ def context_sample(seed: int | np.random.SeedSequence, scene: str, size: tuple[i
     if scene not in SCENES:
         raise ValueError(f"scene={scene!r}: use one of {', '.join(SCENES)}.")
     sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    # Child streams 0..3 of the seed, derived without .spawn() (which counts calls): a seed always means one picture.
+    # Child streams 0..3 of ``seed``, derived without .spawn() (which counts calls): a seed always means one picture.
     scene_rng, object_rng, near_rng, noise_rng = (
         np.random.default_rng(np.random.SeedSequence(sequence.entropy, spawn_key=(*sequence.spawn_key, k)))
         for k in range(4))

@@ -32,7 +32,7 @@ def test_stored_rows_are_whole():
 
 @pytest.mark.all_threads  # real training: torch's thread count (the tolerance covers 1, 2, 4)
 def test_check_run_reproduces_its_first_step():
-    """The check's first training step lands where the stored one did, and not where another seed's does.
+    """The check's first training step lands where the stored one did, and not where a run with another seed lands.
 
     The tolerance is ``reproduction_tolerance``'s: three times the step loss's
     range over the configurations of ``tools/portability.py`` plus the last

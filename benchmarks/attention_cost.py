@@ -31,12 +31,12 @@ ratios, to set beside the paper's claims: about 85% fewer FLOPs, 11x less GPU me
 
 Usage::
 
-    python3 benchmarks/attention_cost.py                    # 512 channels, 25x25 .. 97x97, about 2 min on 2 cores
-    python3 benchmarks/attention_cost.py --channels 64      # a quick look
-    python3 benchmarks/attention_cost.py --sizes 25 49 97 129 161 --reps 5
-    python3 benchmarks/attention_cost.py --device cuda
-    python3 benchmarks/attention_cost.py --threads 2        # CPU threads (default 1, see --help)
-    python3 benchmarks/attention_cost.py --output segbook/results/attention_cost.json
+    python -m benchmarks.attention_cost                    # 512 channels, 25x25 .. 97x97, about 2 min on 2 cores
+    python -m benchmarks.attention_cost --channels 64      # a quick look
+    python -m benchmarks.attention_cost --sizes 25 49 97 129 161 --reps 5
+    python -m benchmarks.attention_cost --device cuda
+    python -m benchmarks.attention_cost --threads 2        # CPU threads (default 1, see --help)
+    python -m benchmarks.attention_cost --output segbook/results/attention_cost.json
 
 With ``--output`` every number printed is also written as JSON, with the
 configuration, thread count, machine and torch version: chapter 5 prints its
@@ -56,7 +56,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from memory import cpu_name, marked, peak_bytes  # benchmarks/memory.py: one way to measure peak memory
+from experiments.harness import cpu_name, marked, peak_bytes
 from segbook.models.ccnet import CrissCrossAttention, NonLocalBlock, criss_cross_attention_bmm
 
 METHODS = ("cc R=1", "cc R=2", "cc bmm R=1", "non-local")

@@ -24,9 +24,9 @@ side in one run:
 * FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass at
   473 x 473 (PSPNet's crop), on the meta device, so nothing is computed.
 
-    python benchmarks/dilation_cost.py                       # 2x3x224x224, 3 repeats, CPU (+ CUDA if any)
-    python benchmarks/dilation_cost.py --size 473 --batch-size 2 --repeats 5 --threads 2
-    python benchmarks/dilation_cost.py --threads 1 --output segbook/results/dilation_cost.json
+    python -m benchmarks.dilation_cost                       # 2x3x224x224, 3 repeats, CPU (+ CUDA if any)
+    python -m benchmarks.dilation_cost --size 473 --batch-size 2 --repeats 5 --threads 2
+    python -m benchmarks.dilation_cost --threads 1 --output segbook/results/dilation_cost.json
 
 With ``--output`` the measurements are also written as JSON, with the
 configuration, thread count, machine and torch version that produced them:
@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from memory import cpu_name, peak_bytes, sync  # benchmarks/memory.py: one way to measure peak memory
+from experiments.harness import cpu_name, peak_bytes, sync
 from segbook.models.backbones import ResNetBackbone
 from segbook.models.pspnet import PSPNet
 from segbook.train import segmentation_loss

@@ -1,7 +1,7 @@
 """GPU memory of one training step at each chapter's full-profile settings, measured on the CPU.
 
-    python benchmarks/full_memory.py             # about 2 minutes on 2 cores; writes segbook/results/full_memory.json
-    python benchmarks/full_memory.py 08_segformer    # one chapter's entry, the others kept
+    python -m benchmarks.full_memory             # about 2 minutes on 2 cores; writes segbook/results/full_memory.json
+    python -m benchmarks.full_memory 08_segformer    # one chapter's entry, the others kept
 
 For each chapter that trains, the model its full profile builds, at its crop,
 in mixed precision as ``fit`` runs it on CUDA (bfloat16 autocast on the CPU
@@ -22,11 +22,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from segbook.models import build_model  # noqa: E402
-from segbook.models.pointrend import PointRend  # noqa: E402
-from segbook.step_memory import CUDA_OVERHEAD_GIB, largest_batch, step_memory  # noqa: E402
+from segbook.models import build_model
+from segbook.models.pointrend import PointRend
+from segbook.step_memory import CUDA_OVERHEAD_GIB, largest_batch, step_memory
 
 CARDS_GIB = {"a 4 GB card": 4.0, "an 8 GB card": 8.0, "a 15 GB T4 (Colab)": 15.0, "a 24 GB card": 24.0}
 NUM_CLASSES = 21

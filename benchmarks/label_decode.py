@@ -10,10 +10,10 @@ pixels the RGB method turned into background.
 
 Usage::
 
-    python3 benchmarks/label_decode.py                      # the book's toy set (written offline if missing)
-    python3 benchmarks/label_decode.py --voc-sized          # a toy set drawn at VOC's image sizes
-    python3 benchmarks/label_decode.py --voc-dir ~/data/VOCdevkit/VOC2012 --limit 500
-    python3 benchmarks/label_decode.py --reps 9 --threads 2
+    python -m benchmarks.label_decode                      # the book's toy set (written offline if missing)
+    python -m benchmarks.label_decode --voc-sized          # a toy set drawn at VOC's image sizes
+    python -m benchmarks.label_decode --voc-dir ~/data/VOCdevkit/VOC2012 --limit 500
+    python -m benchmarks.label_decode --reps 9 --threads 2
 
 ``--threads 1`` (the default) is what each DataLoader worker runs with.
 """

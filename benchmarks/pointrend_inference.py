@@ -18,9 +18,9 @@ The defaults (ResNet-18, 64-channel decoder and point head, 19 classes as
 Cityscapes) finish in a few minutes on 2 CPU cores; ``--paper`` uses the paper's
 setting (ResNet-101, 256-channel decoder, 3 x 256 point head).
 
-    python benchmarks/pointrend_inference.py                      # CPU, and CUDA when there is one
-    python benchmarks/pointrend_inference.py --paper --sizes 1024x2048 --device cuda
-    python benchmarks/pointrend_inference.py --device cpu --output segbook/results/pointrend_inference.json
+    python -m benchmarks.pointrend_inference                      # CPU, and CUDA when there is one
+    python -m benchmarks.pointrend_inference --paper --sizes 1024x2048 --device cuda
+    python -m benchmarks.pointrend_inference --device cpu --output segbook/results/pointrend_inference.json
 
 With ``--output`` the measurements are also written as JSON, with the
 configuration, thread count, machine and torch version that produced them:
@@ -41,7 +41,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from memory import cpu_name  # benchmarks/memory.py
+from experiments.harness import cpu_name
 from segbook.models.pointrend import PointRend, dense_point_inference, subdivision_inference, subdivision_sizes
 
 

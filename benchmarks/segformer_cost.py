@@ -33,9 +33,9 @@ How it is measured, the same on every machine:
 
 Usage::
 
-    python3 benchmarks/segformer_cost.py                 # a few seconds
-    python3 benchmarks/segformer_cost.py --check         # + profiler peaks of the small layers (~1 min)
-    python3 benchmarks/segformer_cost.py --check --output segbook/results/segformer_cost.json
+    python -m benchmarks.segformer_cost                 # a few seconds
+    python -m benchmarks.segformer_cost --check         # + profiler peaks of the small layers (~1 min)
+    python -m benchmarks.segformer_cost --check --output segbook/results/segformer_cost.json
 
 Chapter 8 prints its tables from the stored JSON.
 """
@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from memory import cpu_name, peak_bytes  # benchmarks/memory.py: one way to measure peak memory
+from experiments.harness import cpu_name, peak_bytes
 from segbook.models import build_model
 from segbook.models.ccnet import CrissCrossAttention
 from segbook.models.mit import EfficientSelfAttention

@@ -10,8 +10,8 @@ compared. fit's time is taken over its training pass only (a wrapper around the
 loader notes when the first batch is asked for and when the last one is done),
 so its validation pass does not count.
 
-    python benchmarks/train_throughput.py              # CPU, and CUDA when there is one
-    python benchmarks/train_throughput.py --rounds 7 --size 256 --batch-size 8
+    python -m benchmarks.train_throughput              # CPU, and CUDA when there is one
+    python -m benchmarks.train_throughput --rounds 7 --size 256 --batch-size 8
 """
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ without context. It also stores one cheap ``check`` run that
 ``tests/test_ccnet_results.py`` repeats. A run takes about 30 s on 2 quiet CPU
 cores (several minutes when other work shares them).
 
-    python experiments/ccnet_compare.py [--seeds 0 1 2] [--epochs 3] [--threads 2] [--output PATH | --write]
+    python -m experiments.ccnet_compare [--seeds 0 1 2] [--epochs 3] [--threads 2] [--output PATH | --write]
 
-After ``--write``, run ``python experiments/check_spread.py ccnet_compare``: the
+After ``--write``, run ``python -m experiments.check_spread ccnet_compare``: the
 test's tolerance comes from the spread that script adds to the file.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from segbook.data import NUM_CLASSES, load_voc
 from segbook.models import build_model
 from segbook.train import fit
 
-from _harness import add_output_options, first_batch, output_path, side_by_side, stamp, write_json  # experiments/_harness.py
+from experiments.harness import add_output_options, first_batch, output_path, side_by_side, stamp, write_json
 
 QUICK = dict(backbone="resnet18", output_stride=16, crop_size=(96, 128), batch_size=8, epochs=3,
              lr=0.01)  # chapter 5's quick profile

@@ -21,7 +21,7 @@ writes them beside the ``check`` row as ``check_spread``; the tests compare the
 quantities whose configuration spread is far below their seed spread, with a
 tolerance derived from the measurement (and say so).
 
-    python experiments/check_spread.py [compare_all ccnet_compare context_compare pointrend_compare]
+    python -m experiments.check_spread [compare_all ccnet_compare context_compare pointrend_compare]
 
 Each run is a fresh process with the configuration's variables set; about
 four minutes for all four on two cores.
@@ -35,10 +35,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "tools"))
-from portability import CONFIGS  # noqa: E402  the kernel choices a reader's machine may make
+from tools.portability import CONFIGS  # the kernel choices a reader's machine may make
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NAMES = ("compare_all", "ccnet_compare", "context_compare", "pointrend_compare")
 OTHER_SEEDS = (1, 2)
@@ -47,8 +46,7 @@ SKIP = {"model", "name", "seed", "epochs", "counts", "seconds", "train_seconds"}
 
 def run_one(name: str, seed: int, variables: dict[str, str]) -> dict:
     """``experiments/<name>.py``'s ``run_check(seed)`` in a fresh process with ``variables`` set."""
-    code = ("import json, sys; sys.path.insert(0, {here!r}); import {name} as e; "
-            "print('ROW', json.dumps(e.run_check({seed})))").format(here=str(HERE), name=name, seed=seed)
+    code = f"import json; import experiments.{name} as e; print('ROW', json.dumps(e.run_check({seed})))"
     env = {**os.environ, **variables, "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode:

@@ -22,14 +22,14 @@ check's one-epoch scores and loss move too much between CPUs to re-check, the
 first step's loss does not. About seven
 minutes on two quiet CPU cores (six of them training).
 
-    python experiments/compare_all.py [--seed 0] [--repeats 5]
+    python -m experiments.compare_all [--seed 0] [--repeats 5]
 
 More seeds for some models, without touching the shipped table: ``--seeds-out``
 trains only ``--models`` (labels of ``MODELS``) for each of ``--seeds`` and adds
 the rows to ``segbook/results/compare_all_seeds.json`` (no costs, no check row),
 which chapter 7 reads for its seed ranges. About two minutes a run on a quiet core.
 
-    python experiments/compare_all.py --seeds-out --seeds 1 2 --models "dilated FCN" PSPNet CCNet
+    python -m experiments.compare_all --seeds-out --seeds 1 2 --models "dilated FCN" PSPNet CCNet
 """
 from __future__ import annotations
 
@@ -37,23 +37,21 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "benchmarks")]
-from memory import peak_bytes  # noqa: E402  benchmarks/memory.py: one way to measure peak memory
-from _harness import first_batch  # noqa: E402
-from pointrend_compare import score  # noqa: E402  mIoU and boundary mIoU over whole images
+from experiments.harness import peak_bytes
+from experiments.harness import first_batch
+from experiments.pointrend_compare import score  # mIoU and boundary mIoU over whole images
 
-from segbook import seed_everything  # noqa: E402
-from segbook.data import NUM_CLASSES, load_voc  # noqa: E402
-from segbook.losses import model_loss  # noqa: E402
-from segbook.models import build_model  # noqa: E402
-from segbook.train import fit  # noqa: E402
+from segbook import seed_everything
+from segbook.data import NUM_CLASSES, load_voc
+from segbook.models.base import model_loss
+from segbook.models import build_model
+from segbook.train import fit
 
 RESULTS = HERE.parent / "segbook" / "results" / "compare_all.json"  # shipped
 SEEDS_RESULTS = HERE.parent / "segbook" / "results" / "compare_all_seeds.json"  # extra seeds, shipped

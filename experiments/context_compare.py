@@ -20,9 +20,9 @@ default, and with ``--write`` to ``segbook/results/context_compare.json``
 context_compare`` again). About 100 s per run on one quiet core;
 two invocations with different seeds can share a two-core machine:
 
-    python experiments/context_compare.py --seeds 0 --tag B & python experiments/context_compare.py --seeds 1 --tag B
-    python experiments/context_compare.py --seeds 2 --tag B
-    python experiments/context_compare.py --from-log B --write
+    python -m experiments.context_compare --seeds 0 --tag B & python -m experiments.context_compare --seeds 1 --tag B
+    python -m experiments.context_compare --seeds 2 --tag B
+    python -m experiments.context_compare --from-log B --write
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from segbook.metrics import ConfusionMatrix
 from segbook.models import build_model
 from segbook.train import fit
 
-from _harness import add_output_options, first_batch, output_path, side_by_side, stamp, write_json  # experiments/_harness.py
+from experiments.harness import add_output_options, first_batch, output_path, side_by_side, stamp, write_json
 
 RESULTS = Path(__file__).resolve().parent.parent / "segbook" / "results" / "context_compare.json"
 LOG = Path(__file__).resolve().parent / "context_compare_log.jsonl"  # every invocation's rows, appended

@@ -8,7 +8,7 @@ for three seeds, and writes the final validation scores to
 with ``segbook.results.load_results``. About
 6 minutes on 2 quiet CPU cores.
 
-    python experiments/fcn_alignment.py [--seeds 0 1 2] [--epochs 3]
+    python -m experiments.fcn_alignment [--seeds 0 1 2] [--epochs 3]
 """
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ loads with ``segbook.results.load_results``; ``check`` holds one cheaper run
 (PointRend, seed 0, 2 epochs) that ``tests/test_pointrend_results.py`` re-runs.
 One thread by default, as the tests; about 10 minutes on 2 quiet CPU cores.
 
-    python experiments/pointrend_compare.py [--seeds 0 1 2] [--epochs 3]
-    python experiments/pointrend_compare.py --check-only   # redo only the check row
+    python -m experiments.pointrend_compare [--seeds 0 1 2] [--epochs 3]
+    python -m experiments.pointrend_compare --check-only   # redo only the check row
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from segbook.models.deeplab import DeepLabV3Plus
 from segbook.models.pointrend import PointRend, point_loss
 from segbook.train import fit
 
-from _harness import first_batch  # experiments/_harness.py
+from experiments.harness import first_batch
 
 RESULTS = Path(__file__).resolve().parent.parent / "segbook" / "results" / "pointrend_compare.json"
 QUICK = dict(crop_size=(96, 128), batch_size=8, epochs=3, lr=0.01)  # chapter 6's quick profile

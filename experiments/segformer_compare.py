@@ -13,8 +13,8 @@ It writes its JSON after every run (a kill loses one): to a scratch file, or
 with ``--write`` to the shipped ``segbook/results/segformer_compare.json`` that
 chapters 7 and 8 load. About two minutes a run on two quiet cores.
 
-    python experiments/segformer_compare.py --write [--seeds 0 1 2] [--repeats 5]
-    python experiments/segformer_compare.py --write --costs-only   # re-measure the costs, keep the runs
+    python -m experiments.segformer_compare --write [--seeds 0 1 2] [--repeats 5]
+    python -m experiments.segformer_compare --write --costs-only   # re-measure the costs, keep the runs
 
 Measure the costs on a quiet machine: the ratio is taken side by side, but a
 loaded machine (other training runs beside it) stretches the two models'
@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE)]
-from _harness import SHIPPED, add_output_options, output_path, stamp, write_json  # noqa: E402
-from compare_all import COST_SIZE, QUICK, costs, run  # noqa: E402  chapter 7's training and costs
-from compare_all import MODELS as CHAPTER7_MODELS  # noqa: E402
+from experiments.harness import SHIPPED, add_output_options, output_path, stamp, write_json
+from experiments.compare_all import COST_SIZE, QUICK, costs, run  # chapter 7's training and costs
+from experiments.compare_all import MODELS as CHAPTER7_MODELS
 
 NAME = "segformer_compare"
 MODELS = {"SegFormer-B0": ("segformer", {"backbone": "mit_b0"})}

@@ -1,9 +1,10 @@
 """segbook: the tested code behind the segbook chapters on semantic segmentation.
 
-Chapters import from here; each module holds one idea (``upsample``, ``data``,
-``metrics``, ``models``, ``train``, ``viz``).
+Chapters import from here; each module or package holds one idea: ``env`` (profile,
+device, seed), ``upsample``, ``data``, ``metrics``, ``models``, ``train``, ``viz``.
 """
-from .env import Setup, data_home, get_device, get_profile, seed_everything, setup
+from .env import Setup, get_device, get_profile, seed_everything, setup
+from .settings import data_home
 
 __version__ = "0.1.0"
 __all__ = ["Setup", "data_home", "get_device", "get_profile", "seed_everything", "setup", "__version__"]

@@ -2,25 +2,31 @@
 
 Every chapter's first code cell calls :func:`setup`, which settles these three
 once and prints them on one line, so a reader always knows whether the numbers
-below came from the CPU toy run or the GPU run on real VOC2012.
+below came from the CPU toy run or the GPU run on real VOC2012. This module is
+the one owner of all three: nothing else in segbook picks a device, seeds the
+global generators or decides the profile.
 """
 from __future__ import annotations
 
-import os
 import random
 import warnings
 
 import numpy as np
 import torch
 
-from . import rehearsal
-from .paths import data_home, short_path
-from .profiles import PROFILE_DESCRIPTIONS, PROFILES, downgrade_profile, profile_downgraded
+from .settings import asked_device, asked_profile, data_home, short_path
 
-__all__ = ["PROFILES", "PROFILE_DESCRIPTIONS", "Setup", "data_home", "downgrade_profile", "get_device", "get_profile",
+__all__ = ["PROFILES", "PROFILE_DESCRIPTIONS", "Setup", "data_home", "get_device", "get_profile",
            "profile_downgraded", "real_voc_available", "seed_everything", "setup", "short_path"]
 
+PROFILES = ("quick", "full")
+PROFILE_DESCRIPTIONS = {  # what each profile is, for the set-up page and the docs
+    "quick": "the toy VOC set, random-init backbones, a few small epochs on a CPU",
+    "full": "real VOC2012, ImageNet-pretrained backbones, a longer GPU schedule",
+}
 _PROFILE_TAG = {"quick": "toy VOC, random-init backbones", "full": "VOC2012, pretrained backbones"}  # setup's line
+
+_downgraded: str | None = None  # why this process left the full profile for quick, once that happened
 
 
 def seed_everything(seed: int = 0) -> int:
@@ -32,43 +38,69 @@ def seed_everything(seed: int = 0) -> int:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
     return seed
 
 
-def get_device(prefer: str | None = None, *, given_as: str = "get_device(prefer=...)") -> torch.device:
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
+def get_device(prefer: str | torch.device | None = None, *, given_as: str = "get_device(prefer=...)",
+               local_rank: int | None = None) -> torch.device:
     """The best device available: CUDA, then Apple's MPS, then the CPU.
 
-    ``prefer`` (or the ``SEGBOOK_DEVICE`` variable) forces one, which is how the
-    tests pin the stored outputs to the CPU on a machine that has a GPU. A
-    forced device that is not there is an error that says where the choice came
-    from: ``given_as`` names the caller's argument (the CLI passes ``--device``),
-    or ``SEGBOOK_DEVICE`` when the variable chose it.
+    ``prefer`` (or ``SEGBOOK_DEVICE``) forces one, which is how the tests pin
+    the stored outputs to the CPU on a machine that has a GPU. A forced device
+    that is not there is an error that says where the choice came from:
+    ``given_as`` names the caller's argument (the CLI passes ``--device``).
+
+    ``local_rank``: this process is one of torchrun's, and each process on a
+    machine must own the GPU its ``LOCAL_RANK`` names, so ``cuda`` means that GPU;
+    a device that cannot work that way is refused here, with what to do, rather
+    than in the first collective (or, worse, with every process on one GPU).
     """
-    choice = prefer or os.environ.get("SEGBOOK_DEVICE")
+    choice = prefer or asked_device()
     if not choice:
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    origin = given_as if prefer else "SEGBOOK_DEVICE"
-    fix = f"pass another {given_as} or leave it out" if prefer else "unset SEGBOOK_DEVICE or set it to 'cpu'"
+        device = torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu")
+    else:
+        device = _checked(choice, given_as if prefer else "SEGBOOK_DEVICE",
+                          f"pass another {given_as} or leave it out" if prefer else
+                          "unset SEGBOOK_DEVICE or set it to 'cpu'")
+    return device if local_rank is None else _rank_device(device, local_rank)
+
+
+def _checked(choice: str | torch.device, origin: str, fix: str) -> torch.device:
     try:
         device = torch.device(choice)
     except RuntimeError:
         raise ValueError(f"device {choice!r} (asked for with {origin}) is not a device name; "
                          "use cpu, cuda, cuda:1 or mps.") from None
+    choice = str(choice)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {choice!r} was asked for with {origin}, but PyTorch sees no CUDA GPU; {fix}.")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise RuntimeError(f"device {choice!r} was asked for with {origin}, but PyTorch sees "
                            f"{torch.cuda.device_count()} CUDA GPU(s); {fix}.")
-    mps = getattr(torch.backends, "mps", None)
-    if device.type == "mps" and not (mps is not None and mps.is_available()):
+    if device.type == "mps" and not _mps_available():
         raise RuntimeError(f"device {choice!r} was asked for with {origin}, but PyTorch sees no MPS device; {fix}.")
     return device
+
+
+def _rank_device(device: torch.device, local_rank: int) -> torch.device:
+    """The device of torchrun's process ``local_rank`` on its machine: the CPU, or GPU ``local_rank``."""
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"device {str(device)!r} cannot train under torchrun: torch.distributed has no backend "
+                         "for it; use cuda (one GPU per process) or cpu.")
+    if local_rank >= torch.cuda.device_count():
+        raise RuntimeError(f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} "
+                           "GPU(s): start torchrun with --nproc_per_node at most the number of GPUs.")
+    if device.index is not None and device.index != local_rank:
+        raise ValueError(f"device {str(device)!r} under torchrun: each process uses GPU LOCAL_RANK (here "
+                         f"{local_rank}); pass plain 'cuda', and choose the GPUs with CUDA_VISIBLE_DEVICES.")
+    return torch.device("cuda", local_rank)
 
 
 def real_voc_available() -> bool:
@@ -76,6 +108,19 @@ def real_voc_available() -> bool:
     from .data import find_voc_dir  # here, not on top: ``import segbook`` should not load the data stack
 
     return find_voc_dir() is not None
+
+
+def profile_downgraded() -> str | None:
+    """Why the full profile was left for quick in this process, or None if it was not."""
+    return _downgraded
+
+
+def _downgrade(reason: str) -> None:
+    """Leave the full profile for quick, for the rest of the process, saying why in one line (once)."""
+    global _downgraded
+    if _downgraded is None:
+        print(f"full profile unavailable: {reason}; using the quick profile")
+        _downgraded = reason
 
 
 def get_profile(device: torch.device | None = None, *, asked: str | None = None) -> str:
@@ -88,50 +133,28 @@ def get_profile(device: torch.device | None = None, *, asked: str | None = None)
     missing, and every later call in the process returns ``quick``, so the
     asserts written for the quick profile hold in every later cell.
     """
-    if profile_downgraded() is not None:
+    if _downgraded is not None:
         return "quick"
-    asked = (asked or os.environ.get("SEGBOOK_PROFILE", "")).strip().lower()
+    asked = (asked or asked_profile() or "").strip().lower()
     if asked and asked not in PROFILES:
         raise ValueError(f"profile {asked!r} (SEGBOOK_PROFILE or setup(profile=...)) is not a profile; "
                          f"use one of {PROFILES}.")
-    device = device or get_device()
     if asked == "quick":
         return "quick"
-    missing = _full_profile_missing(device)
+    device = device or get_device()
+    missing = (f"no CUDA GPU (device: {device.type})" if device.type != "cuda" else
+               None if real_voc_available() else
+               "no VOC2012 on disk (setup(download_voc=True) fetches it, or set SEGBOOK_VOC_ROOT)")
     if asked == "full" and missing:
-        downgrade_profile(missing)
+        _downgrade(missing)
     return "full" if not missing else "quick"
 
 
-def _full_profile_missing(device: torch.device) -> str | None:
-    """What the full profile needs and this machine lacks, in words; None when nothing is missing.
-
-    A rehearsal (``SEGBOOK_REHEARSAL=1``, see :mod:`segbook.rehearsal`) runs the
-    full profile on the CPU: there the GPU is not asked for, loudly.
-    """
-    if device.type != "cuda" and rehearsal.active() and device.type == "cpu":
-        rehearsal.announce("profile", "the full profile's settings on the CPU, every loop cut to a few steps; "
-                           "this is a rehearsal, not a result")
-    elif device.type != "cuda":
-        return f"no CUDA GPU (device: {device.type})"
-    if not real_voc_available():
-        return "no VOC2012 on disk (setup(download_voc=True) fetches it, or set SEGBOOK_VOC_ROOT)"
-    return None
-
-
 class Setup:
-    """What :func:`setup` decided; ``pick`` chooses a per-profile setting.
-
-    ``profile`` is read live: if the full profile is downgraded after set-up
-    (a later cell finds VOC2012 missing), every later ``pick`` sees ``quick``.
-    """
+    """What :func:`setup` decided; ``pick`` chooses a per-profile setting."""
 
     def __init__(self, profile: str, device: torch.device, seed: int) -> None:
-        self._profile, self.device, self.seed = profile, device, seed
-
-    @property
-    def profile(self) -> str:
-        return "quick" if profile_downgraded() is not None else self._profile
+        self.profile, self.device, self.seed = profile, device, seed
 
     @property
     def quick(self) -> bool:
@@ -148,30 +171,19 @@ class Setup:
         return f"profile: {self.profile} ({_PROFILE_TAG[self.profile]}) | device: {self.device.type} | seed: {self.seed}"
 
 
-def _quiet_notebook() -> None:
+def quiet_notebook() -> None:
     """PNG figures (SVG ones carry random ids) and no noise from libraries we rely on."""
     warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
     try:
+        import matplotlib_inline.backend_inline as inline
         from IPython import get_ipython
     except ImportError:  # plain Python: nothing to configure
         return
-    shell = get_ipython()
-    if shell is not None and hasattr(shell, "run_line_magic"):
+    if get_ipython() is not None:
         try:
-            import matplotlib_inline.backend_inline as inline
-
             inline.set_matplotlib_formats("png")
         except Exception:  # no inline backend (e.g. a terminal IPython)
             pass
-
-
-def _relax_asserts() -> None:
-    """In a rehearsal, a notebook's failing asserts print a skipped check (see :mod:`segbook.rehearsal`)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    rehearsal.relax_asserts(get_ipython())
 
 
 def setup(seed: int = 0, profile: str | None = None, download_voc: bool = False, *, verbose: bool = True) -> Setup:
@@ -184,23 +196,16 @@ def setup(seed: int = 0, profile: str | None = None, download_voc: bool = False,
     ``profile=None`` follows ``SEGBOOK_PROFILE``, else what the machine has.
     """
     device = get_device()
-    asked = (profile or os.environ.get("SEGBOOK_PROFILE", "")).strip().lower() or None
+    asked = (profile or asked_profile() or "").strip().lower() or None
     if asked == "full" and download_voc and device.type == "cuda" and not real_voc_available():
-        _download_voc()
+        from .data import download_voc2012  # here, not on top: ``import segbook`` should not load the data stack
+
+        try:
+            download_voc2012()
+        except (OSError, RuntimeError, ValueError) as err:  # offline, a bad checksum, a full disk, a broken archive
+            _downgrade(f"VOC2012 could not be downloaded ({type(err).__name__})")
     env = Setup(profile=get_profile(device, asked=asked), device=device, seed=seed_everything(seed))
-    _quiet_notebook()
-    if rehearsal.active() and env.profile == "full":
-        _relax_asserts()
+    quiet_notebook()
     if verbose:
         print(env)
     return env
-
-
-def _download_voc() -> None:
-    """VOC2012 for the full profile; a failure downgrades the profile with one line instead of stopping the notebook."""
-    from .data import download_voc2012  # here, not on top: ``import segbook`` should not load the data stack
-
-    try:
-        download_voc2012()
-    except (OSError, RuntimeError, ValueError) as err:  # offline, a bad checksum, a full disk, a broken archive
-        downgrade_profile(f"VOC2012 could not be downloaded ({type(err).__name__})")

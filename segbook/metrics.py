@@ -161,21 +161,6 @@ class ConfusionMatrix:
     def __iadd__(self, other: ConfusionMatrix) -> ConfusionMatrix:
         return self.merge(other)
 
-    def all_reduce(self) -> ConfusionMatrix:
-        """Sum the counts of every ``torch.distributed`` rank in place; a no-op without a process group.
-
-        Call it once after the last ``update`` of an evaluation: every rank then
-        holds the global counts. Calling it twice would count everything twice.
-        """
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return self
-        if dist.get_backend() == "nccl" and self._matrix.device.type != "cuda":
-            self._matrix = self._matrix.to(torch.device("cuda", torch.cuda.current_device()))
-        dist.all_reduce(self._matrix, op=dist.ReduceOp.SUM)
-        return self
-
     # -- scores -----------------------------------------------------------------------------------
 
     @property

@@ -56,7 +56,7 @@ def step_memory(model: nn.Module, images: Tensor, target: Tensor,
 
     model.train()
     if loss_fn is None:
-        from .losses import model_loss  # here: the tally needs the loss only when none is given
+        from .models.base import model_loss  # here: the tally needs the loss only when none is given
         loss_fn = model_loss(model)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):

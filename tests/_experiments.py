@@ -1,24 +1,12 @@
 """Load a script from the repository's experiments/ folder, and re-check a stored result's check run."""
-import importlib.util
-import sys
-from pathlib import Path
+import importlib
 
 import pytest
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-
 
 def load_experiment(name: str):
-    """``experiments/<name>.py`` imported as a module (the folder is not a package).
-
-    As when the script runs, its folder is on ``sys.path``, so it can import ``_harness``.
-    """
-    if str(EXPERIMENTS) not in sys.path:
-        sys.path.insert(0, str(EXPERIMENTS))
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``experiments/<name>.py``, imported as the module ``experiments.<name>`` (the repository's root is on the path)."""
+    return importlib.import_module(f"experiments.{name}")
 
 
 def assert_check_reproduces(name: str, keys: tuple[str, ...] = ("first_train_loss",)) -> dict:

@@ -16,8 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from segbook import cli, data
-from segbook.checkpoints import load_checkpoint
+from segbook import data
+from segbook.train import cli
+from segbook.train.checkpoints import load_checkpoint
 
 pytest.importorskip("segbook.models")
 
@@ -192,7 +193,7 @@ def test_no_progress_reaches_the_final_evaluation(tmp_path, monkeypatch):
         calls.append(kwargs.get("progress"))
         return evaluate(*args, **kwargs)
 
-    from segbook.evaluation import evaluate
+    from segbook.train.evaluation import evaluate
 
     monkeypatch.setattr(cli, "evaluate", spy)
     assert cli.main(tiny_args(tmp_path)) == 0

@@ -13,7 +13,7 @@ from PIL import Image
 
 from segbook.data import VOCSegmentation, find_voc_dir
 from segbook.data.context import CONTEXT_CLASSES, SCENES, context_sample, get_context_voc_dir, make_context_voc
-from segbook.data.toy import TOY_MARKER
+from segbook.data.voc import TOY_MARKER
 from segbook.data.voc import IGNORE_INDEX, VOC_CLASSES, voc_palette
 
 BOAT, CAR = VOC_CLASSES.index("boat"), VOC_CLASSES.index("car")

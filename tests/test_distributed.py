@@ -1,7 +1,7 @@
 """fit on two processes (Gloo, on the CPU) against one process, and an interrupted two-process run resumed.
 
 The reference for two processes with batch ``b`` each is one process with
-batch ``2b``: :class:`~segbook.distributed.ShardedSeededShuffle` gives step
+batch ``2b``: :class:`~segbook.train.distributed.ShardedSeededShuffle` gives step
 ``k`` of the two together the very items (and augmentations) of step ``k`` of
 the single process, and DistributedDataParallel averages the gradients. The
 runs still differ a little, for a reason the tests name: each process averages
@@ -30,8 +30,8 @@ from torch.utils.data import Subset
 
 from segbook.data import (SeededShuffle, VOCSegmentation, eval_transforms, get_voc_dir, segmentation_loaders,
                           train_transforms)
-from segbook.distributed import ShardedSeededShuffle, init_distributed, shard_val_loader, torchrun_env
-from segbook.evaluation import evaluate
+from segbook.train.distributed import Processes, ShardedSeededShuffle, torchrun_env
+from segbook.train.evaluation import evaluate
 from segbook.train import fit
 
 CROP, NUM_CLASSES = (32, 48), 21
@@ -87,13 +87,13 @@ def _run(batch_size: int, epochs: int, folder: str | None = None, resume: bool =
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
 
-def _evaluate_untrained(group=None) -> dict:
+def _evaluate_untrained(processes: Processes | None = None) -> dict:
     """Scores of a random-weight TinySegmenter (it predicts many classes) on the validation images."""
     _, val_loader = _loaders(4)
-    if group is not None:
-        val_loader = shard_val_loader(val_loader, group)
+    if processes is not None:
+        val_loader = processes.shard_val(val_loader)
     torch.manual_seed(1)
-    result = evaluate(TinySegmenter(), val_loader, num_classes=NUM_CLASSES, reduce=group is not None)
+    result = evaluate(TinySegmenter(), val_loader, num_classes=NUM_CLASSES, processes=processes)
     return {"loss": result["loss"], "matrix": result["confusion"].matrix.tolist()}
 
 
@@ -102,7 +102,9 @@ def _worker(rank: int, world: int, port: int, out: str, kwargs: dict) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         if kwargs.get("evaluate"):
-            result = _evaluate_untrained(init_distributed(torch.device("cpu")))
+            processes = Processes()
+            processes.start("cpu")
+            result = _evaluate_untrained(processes)
         else:
             result = {"history": _run(**kwargs)}
     except KeyboardInterrupt:
@@ -126,14 +128,13 @@ def _two_processes(tmp_path: Path, name: str, **kwargs) -> list[dict]:
 
 
 def test_sharded_shuffle_splits_each_global_batch() -> None:
-    class Group:
-        world_size = 2
-
-        def __init__(self, rank):
-            self.rank = rank
+    def group(rank: int) -> Processes:
+        processes = Processes()
+        processes.rank, processes.world_size = rank, 2
+        return processes
 
     def sampler(rank):
-        return ShardedSeededShuffle(SeededShuffle(10, torch.Generator().manual_seed(1)), Group(rank), batch_size=2)
+        return ShardedSeededShuffle(SeededShuffle(10, torch.Generator().manual_seed(1)), group(rank), batch_size=2)
 
     whole = list(SeededShuffle(10, torch.Generator().manual_seed(1)))[:8]  # two global batches of 4
     shares = [list(sampler(r)) for r in (0, 1)]
@@ -142,18 +143,20 @@ def test_sharded_shuffle_splits_each_global_batch() -> None:
         together = shares[0][2 * step:2 * step + 2] + shares[1][2 * step:2 * step + 2]
         assert sorted(together) == sorted(whole[4 * step:4 * step + 4])
     with pytest.raises(ValueError, match="cannot fill one batch"):
-        ShardedSeededShuffle(SeededShuffle(3, torch.Generator()), Group(0), batch_size=2)
+        ShardedSeededShuffle(SeededShuffle(3, torch.Generator()), group(0), batch_size=2)
 
 
 def test_torchrun_environment_is_read(monkeypatch) -> None:
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
-    assert torchrun_env() is None and init_distributed(torch.device("cpu")) is None
+    processes = Processes()
+    assert torchrun_env() is None and processes.start("cpu") == torch.device("cpu") and not processes.several
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert torchrun_env() == (0, 1, 0)
-    assert init_distributed(torch.device("cpu")) is None  # one process: nothing to share
+    processes.start("cpu")
+    assert not processes.several and not processes.started  # one process: nothing to share
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="WORLD_SIZE='two'"):
         torchrun_env()

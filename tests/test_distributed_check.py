@@ -1,9 +1,9 @@
-"""``python -m segbook.ddp_check``, the script chapter 7 launches with torchrun: what it records is what happened.
+"""``python -m segbook.train.ddp_check``, the script chapter 7 launches with torchrun: what it records is what happened.
 
 The fast tests check the recorder and the reader; the slow one launches two
 Gloo processes with ``python -m torch.distributed.run``, as the chapter does,
 and checks the two promises the chapter prints: disjoint shares that make up
-the epoch (exactly :class:`~segbook.distributed.ShardedSeededShuffle`'s), and
+the epoch (exactly :class:`~segbook.train.distributed.ShardedSeededShuffle`'s), and
 bit-identical weights that training moved.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.utils.data import Subset
 
 from segbook.data import SeededShuffle, VOCSegmentation
-from segbook.ddp_check import RecordIds, read_ranks
+from segbook.train.ddp_check import RecordIds, read_ranks
 
 from _voc_fixture import TINY_SPLITS, write_tiny_voc
 
@@ -37,7 +37,7 @@ def test_record_ids_logs_every_load_in_order(tmp_path: Path) -> None:
 
 
 def test_read_ranks_orders_by_rank_and_says_what_to_run(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="segbook.ddp_check --out"):
+    with pytest.raises(FileNotFoundError, match="segbook.train.ddp_check --out"):
         read_ranks(tmp_path)
     for rank in (10, 2, 0):
         torch.save({"rank": rank}, tmp_path / f"rank{rank}.pt")
@@ -49,7 +49,7 @@ def test_read_ranks_orders_by_rank_and_says_what_to_run(tmp_path: Path) -> None:
 def test_two_processes_share_the_epoch_and_end_equal(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "segbook.ddp_check", "--out", str(tmp_path / "ranks"), "--images", "8", "--seed", "4"]
+               "-m", "segbook.train.ddp_check", "--out", str(tmp_path / "ranks"), "--images", "8", "--seed", "4"]
     run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     ranks = read_ranks(tmp_path / "ranks")

@@ -5,7 +5,6 @@ once and runs several scenarios in them (see ``_scenarios``).
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
@@ -14,14 +13,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from test_distributed import NUM_CLASSES, TinySegmenter, _free_port, _loaders
 
 from segbook import data
-from segbook.distributed import RanksDisagree, init_distributed, shard_val_loader
-from segbook.evaluation import evaluate
+from segbook.train.distributed import Processes, RanksDisagree
+from segbook.train.evaluation import evaluate
 from segbook.train import fit
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -69,23 +67,24 @@ def _train(folder: str | None, epochs: int = 1, resume: bool = False) -> list[di
                         progress=False, log=None))
 
 
-def _scores(images: int, group=None) -> dict:
-    """An untrained TinySegmenter's scores on the first ``images`` validation images (sharded under ``group``)."""
+def _scores(images: int, processes: Processes | None = None) -> dict:
+    """An untrained TinySegmenter's scores on the first ``images`` validation images (sharded when ``processes``)."""
     _, val_loader = _loaders(4)
     val_loader = DataLoader(Subset(val_loader.dataset, range(images)), batch_size=4, collate_fn=data.pad_collate)
-    if group is not None:
-        val_loader = shard_val_loader(val_loader, group)
+    if processes is not None:
+        val_loader = processes.shard_val(val_loader)
     torch.manual_seed(1)
-    result = evaluate(TinySegmenter(), val_loader, num_classes=None, reduce=group is not None)
+    result = evaluate(TinySegmenter(), val_loader, num_classes=None, processes=processes)
     return {"loss": result["loss"], "matrix": result["confusion"].matrix.tolist()}
 
 
 def _scenarios(rank: int, tmp: str) -> dict:
-    group = init_distributed(torch.device("cpu"))
+    processes = Processes()
+    processes.start("cpu")
     out: dict = {"shares": {}}
     for images in (11, 1):  # uneven shares (6 and 5), and rank 1 with none at all
-        out[f"scores{images}"] = _scores(images, group)
-        out["shares"][images] = len(shard_val_loader(DataLoader(list(range(images))), group).dataset)
+        out[f"scores{images}"] = _scores(images, processes)
+        out["shares"][images] = len(processes.shard_val(DataLoader(list(range(images)))).dataset)
     out["fresh"] = _train(str(Path(tmp, "fresh")), resume=True)  # resume with no last.pt anywhere: from scratch
     folder = str(Path(tmp, "ck"))
     out["first"] = _train(folder)
@@ -161,7 +160,7 @@ def test_two_ranks_resume_shard_and_step_exactly(tmp_path: Path) -> None:
 
 
 def _pointrend_cli(rank: int, tmp: str) -> dict:
-    from segbook import cli
+    from segbook.train import cli
     from segbook.data import loaders
     from segbook.models import pointrend
 
@@ -196,7 +195,7 @@ def _pointrend_cli(rank: int, tmp: str) -> dict:
 
 
 def test_pointrend_trains_through_the_cli_on_two_processes(tmp_path: Path) -> None:
-    from segbook.checkpoints import load_checkpoint
+    from segbook.train.checkpoints import load_checkpoint
     from segbook.models import build_model
 
     voc = data.get_voc_dir("toy", tmp_path, toy_size=(8, 4), verbose=False)

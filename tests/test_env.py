@@ -3,15 +3,15 @@ import pytest
 import torch
 
 import segbook
-from segbook import env, profiles
+from segbook import env
 
 
 @pytest.fixture(autouse=True)
 def fresh_profile(monkeypatch, tmp_path):
     """Each test starts with no downgrade on record, no real VOC and no forced profile or device."""
-    monkeypatch.setattr(profiles, "_downgraded", None)
+    monkeypatch.setattr(env, "_downgraded", None)
     monkeypatch.setenv("SEGBOOK_DATA", str(tmp_path / "home"))
-    for name in ("SEGBOOK_VOC_ROOT", "SEGBOOK_PROFILE", "SEGBOOK_DEVICE", "SEGBOOK_REHEARSAL"):
+    for name in ("SEGBOOK_VOC_ROOT", "SEGBOOK_PROFILE", "SEGBOOK_DEVICE"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -93,13 +93,18 @@ def test_full_asked_for_but_missing_is_downgraded_for_the_whole_process(monkeypa
     assert segbook.get_profile(torch.device("cuda")) == "quick" and capsys.readouterr().out == ""
 
 
-def test_a_later_fallback_downgrades_a_setup_already_made(monkeypatch, capsys):
+def test_the_data_layer_reports_and_never_switches_the_profile(monkeypatch, capsys):
+    # the profile is settled in setup; asking the data layer for VOC2012 that is not there is an error naming
+    # the fix, not a quiet switch to the toy set under a profile that still says full
+    import segbook.data
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(env, "real_voc_available", lambda: True)
     s = segbook.setup(profile="full")
     assert s.profile == "full" and s.pick(quick=1, full=2) == 2
-    env.downgrade_profile("VOC2012 vanished", say=False)  # what get_voc_dir('voc') does when it falls back
-    assert s.profile == "quick" and s.pick(quick=1, full=2) == 1 and segbook.get_profile() == "quick"
+    with pytest.raises(FileNotFoundError, match="VOC2012 is not on disk and download=False"):
+        segbook.data.get_voc_dir("voc", download=False, verbose=False)
+    assert s.profile == "full" and env.profile_downgraded() is None
 
 
 def test_setup_downloads_voc_when_asked_and_downgrades_when_that_fails(monkeypatch, capsys):

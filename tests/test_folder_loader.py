@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 import segbook.data as data
 from segbook.data import FolderSegmentation, eval_transforms, load_voc, make_toy_voc, train_transforms
 from segbook.data.folder import load_folder
-from segbook.data.toy import TOY_MARKER
+from segbook.data.voc import TOY_MARKER
 
 CAMVID_NAMES = ["sky", "road", "car", "tree"]
 PALETTE = [(128, 128, 128), (128, 64, 128), (64, 0, 128), (128, 128, 0)]

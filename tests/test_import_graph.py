@@ -9,6 +9,7 @@ ones resolved, and ``pkg/__init__.py`` standing for the module ``pkg``.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import segbook
@@ -105,23 +106,47 @@ def test_the_graph_has_the_arrows_the_layers_need() -> None:
     graph = import_graph(PACKAGE_DIR, "segbook")
     assert "segbook.models.registry" in graph["segbook.models.fcn"]  # absolute: from segbook.models.registry import
     assert "segbook.data.voc" in graph["segbook.data.toy"]  # relative: from .voc import
-    assert "segbook.paths" in graph["segbook.data.download"]  # parent-relative: from ..paths import
+    assert "segbook.settings" in graph["segbook.data.download"]  # parent-relative: from ..settings import
     assert "segbook.data" in graph["segbook.env"]  # lazy, inside a function
-    assert "segbook.models" in graph["segbook.cli"] and "segbook.loop" in graph["segbook.cli"]
-    assert "segbook.cli" in graph["segbook.train"] and "segbook.cli" not in graph["segbook.loop"]
+    assert "segbook.models" in graph["segbook.train.cli"] and "segbook.train.loop" in graph["segbook.train.cli"]
+    assert "segbook.train.loop" in graph["segbook.train"] and "segbook.train.cli" not in graph["segbook.train.loop"]
     assert not any(m.startswith("segbook.models") for m in graph["segbook.data"])  # data below models
+    assert not any(m.startswith("segbook.train") for m in graph if m.startswith(("segbook.models", "segbook.data"))
+                   for m in graph[m])  # training above models and data
 
 
-def test_train_only_gathers_the_tools_and_distributed_code_lives_in_distributed() -> None:
-    # segbook.train is what the chapters import: re-exports and the CLI's entry point, nothing defined
-    # there; what changes under torchrun lives in segbook.distributed, which the loop calls.
-    graph = import_graph(PACKAGE_DIR, "segbook")
-    assert "segbook.distributed" not in graph["segbook.train"]
-    tree = ast.parse((PACKAGE_DIR / "train.py").read_text())
+def _source(relative: str) -> str:
+    return (PACKAGE_DIR / relative).read_text()
+
+
+def test_the_training_package_keeps_each_concern_in_one_place() -> None:
+    # segbook.train is what the chapters import: re-exports only. Every collective call lives in
+    # train/distributed.py, and fit's loop has no branch on the process layout.
+    tree = ast.parse(_source("train/__init__.py"))
     assert not [node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
-    assert "segbook.distributed" in graph["segbook.loop"]
-    loop = (PACKAGE_DIR / "loop.py").read_text()
-    assert "dist." not in loop and "torch.distributed" not in loop  # no process-group calls in the loop
+    for path in PACKAGE_DIR.rglob("*.py"):
+        calls = re.findall(r"\b(?:dist|torch\.distributed)\.\w+\(", path.read_text())
+        assert path.name == "distributed.py" or not calls, (path, calls)
+    fit = next(node for node in ast.walk(ast.parse(_source("train/loop.py")))
+               if isinstance(node, ast.FunctionDef) and node.name == "fit")
+    branches = [ast.unparse(node.test) for node in ast.walk(fit) if isinstance(node, (ast.If, ast.IfExp))]
+    assert not [b for b in branches if any(word in b for word in ("several", "world_size", "rank", "is_main"))]
+
+
+def test_no_function_is_longer_than_60_lines() -> None:
+    long = {f"{path.relative_to(PACKAGE_DIR)}:{node.name}": node.end_lineno - node.lineno + 1
+            for path in PACKAGE_DIR.rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60}
+    assert not long, f"functions over 60 lines: {long}"
+
+
+def test_environment_variables_are_read_in_two_modules_and_no_tool_is_named() -> None:
+    readers = sorted(str(path.relative_to(PACKAGE_DIR)) for path in PACKAGE_DIR.rglob("*.py")
+                     if "os.environ" in path.read_text() or "getenv" in path.read_text())
+    assert readers == ["settings.py", "train/distributed.py"]
+    for path in PACKAGE_DIR.rglob("*.py"):
+        text = path.read_text().lower()
+        assert "rehears" not in text and '"ci"' not in text, path  # the library never reads a tool's switch
 
 
 def _write(root: Path, files: dict[str, str]) -> None:

@@ -11,9 +11,11 @@ from PIL import Image
 from torchvision import tv_tensors
 
 import segbook.data as data
+from segbook.data import loaders, sources
 from segbook.data import (FolderSegmentation, eval_transforms, get_voc_dir, load_voc, make_toy_voc, pad_collate,
                           read_image, read_label)
-from segbook.data.toy import TOY_MARKER, TOY_VERSION
+from segbook.data.toy import TOY_VERSION
+from segbook.data.voc import TOY_MARKER
 from segbook.env import short_path
 
 SIZE = (6, 3)  # toy (train, val) images: small keeps the tests fast
@@ -53,7 +55,7 @@ def test_toy_is_generated_once_then_reused(tmp_path, capsys, monkeypatch):
 
 def test_default_toy_folder_is_named_by_version_and_seed(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(data, "make_toy_voc", lambda root, **k: calls.append(k) or _fake_toy(root))
+    monkeypatch.setattr(sources, "make_toy_voc", lambda root, **k: calls.append(k) or _fake_toy(root))
     voc = get_voc_dir("toy", toy_seed=4, verbose=False)
     assert voc.parents[1].name == f"toy_voc_v{TOY_VERSION}_seed4" and calls == [dict(num_train=200, num_val=50, seed=4)]
 
@@ -70,7 +72,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
         (Path(root) / "VOCdevkit" / "VOC2012" / "JPEGImages").mkdir(parents=True)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "make_toy_voc", interrupted)
+    monkeypatch.setattr(sources, "make_toy_voc", interrupted)
     with pytest.raises(KeyboardInterrupt):
         get_voc_dir("toy", toy_size=SIZE)
     assert list((tmp_path / "home").iterdir()) == []
@@ -101,30 +103,28 @@ def test_root_argument_wins_and_a_toy_set_is_never_taken_for_voc(voc_like, tmp_p
     assert data.find_voc_dir(toy) is None
 
 
-def test_voc_offline_says_so_in_one_line_and_carries_on_with_toy(monkeypatch, capsys, tmp_path):
+def test_voc_offline_is_one_error_that_says_how_to_get_it(monkeypatch, capsys, tmp_path):
     def offline(root=None, **kwargs):
-        raise ConnectionError("could not download VOC2012 (tried http://...)")
+        raise ConnectionError("could not download VOC2012 (tried http://...). To get VOC2012 by hand: ...")
 
-    monkeypatch.setattr(data, "download_voc2012", offline)
-    voc = get_voc_dir("voc", toy_size=SIZE)
-    lines = capsys.readouterr().out.splitlines()
-    assert (voc / TOY_MARKER).is_file()
-    assert lines[0] == ("VOC2012 is not on disk and could not be downloaded (ConnectionError); "
-                        "carries on in the quick profile with the toy VOC set.")
-    assert len(lines) == 2 and lines[1].startswith("dataset: toy VOC")
+    monkeypatch.setattr(sources, "download_voc2012", offline)
+    with pytest.raises(ConnectionError, match="To get VOC2012 by hand"):
+        get_voc_dir("voc", toy_size=SIZE)
+    assert capsys.readouterr().out == "" and not (tmp_path / "home").exists()  # no toy set in its place
 
 
 def test_voc_download_goes_to_data_home(monkeypatch, voc_like, tmp_path):
     asked = []
-    monkeypatch.setattr(data, "download_voc2012", lambda root=None, **k: asked.append(root) or voc_like)
+    monkeypatch.setattr(sources, "download_voc2012", lambda root=None, **k: asked.append(root) or voc_like)
     assert get_voc_dir("voc", verbose=False) == voc_like
     assert asked == [tmp_path / "home" / "voc"]
 
 
-def test_voc_without_download_carries_on_with_toy(capsys, monkeypatch):
-    monkeypatch.setattr(data, "download_voc2012", lambda *a, **k: pytest.fail("downloaded with download=False"))
-    voc = get_voc_dir("voc", download=False, toy_size=SIZE)
-    assert (voc / TOY_MARKER).is_file() and "download=False" in capsys.readouterr().out
+def test_voc_without_download_names_the_fix(monkeypatch):
+    monkeypatch.setattr(sources, "download_voc2012", lambda *a, **k: pytest.fail("downloaded with download=False"))
+    with pytest.raises(FileNotFoundError, match=r"not on disk and download=False\. Get VOC2012 with "
+                                                r"segbook\.data\.download_voc2012\(\)"):
+        get_voc_dir("voc", download=False, toy_size=SIZE)
 
 
 def test_unknown_source_lists_the_choices():
@@ -202,7 +202,7 @@ def test_epochs_are_reshuffled(voc_like):
 
 def test_default_workers_follow_the_cpu_count(monkeypatch):
     for cpus, workers in ((1, 0), (2, 0), (3, 3), (16, 4)):
-        monkeypatch.setattr(data.os, "cpu_count", lambda: cpus)
+        monkeypatch.setattr(loaders.os, "cpu_count", lambda: cpus)
         assert data.default_num_workers() == workers
 
 
@@ -310,17 +310,6 @@ def test_a_toy_root_is_toy_whatever_the_source_says(tmp_path, capsys):
         assert get_voc_dir(source, root=toy) == toy
         assert capsys.readouterr().out.startswith("dataset: toy VOC")
     assert data.is_toy_voc(toy)
-
-
-def test_the_fallback_to_toy_is_visible_to_the_caller_and_downgrades_the_profile(monkeypatch, capsys):
-    from segbook import env, profiles
-
-    monkeypatch.setattr(profiles, "_downgraded", None)
-    monkeypatch.setattr(data, "download_voc2012", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("offline")))
-    voc = get_voc_dir("voc", toy_size=SIZE, verbose=False)
-    assert data.is_toy_voc(voc) and env.profile_downgraded().startswith("VOC2012 is not on disk")
-    assert env.get_profile() == "quick"
-    assert len(capsys.readouterr().out.splitlines()) == 1
 
 
 def test_padded_batches_carry_sizes_through_pickling():

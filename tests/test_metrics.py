@@ -1,7 +1,5 @@
 """ConfusionMatrix against hand-computed examples and a brute-force pixel loop."""
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -208,25 +206,3 @@ def test_table_and_repr():
     assert repr(cm) == "ConfusionMatrix(num_classes=4, pixels=6, pixel_acc=0.667, miou=0.500)"
 
 
-def test_all_reduce_without_process_group_is_a_no_op():
-    cm = ConfusionMatrix(3).update(PRED, TARGET)
-    assert torch.equal(cm.all_reduce().matrix, ConfusionMatrix(3).update(PRED, TARGET).matrix)
-
-
-def _all_reduce_worker(rank, world_size, init_file, out_dir):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        cm = ConfusionMatrix(3).update(PRED[rank:rank + 1], TARGET[rank:rank + 1])  # each rank sees one row
-        torch.save(cm.all_reduce().matrix, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.skipif(not torch.distributed.is_available() or sys.platform == "win32", reason="needs gloo")
-def test_all_reduce_sums_across_two_ranks(tmp_path):
-    torch.multiprocessing.spawn(_all_reduce_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
-    expected = ConfusionMatrix(3).update(PRED, TARGET).matrix
-    for rank in range(2):
-        assert torch.equal(torch.load(tmp_path / f"rank{rank}.pt", weights_only=True), expected)

@@ -17,7 +17,7 @@ from segbook.models.pointrend import (PointHead, PointRend, calculate_uncertaint
                                       get_uncertain_point_coords_on_grid,
                                       get_uncertain_point_coords_with_randomness, point_loss, point_sample,
                                       subdivision_inference, subdivision_sizes)
-from segbook.losses import segmentation_loss
+from segbook.models.base import segmentation_loss
 
 K = 4
 

@@ -49,17 +49,9 @@ ROW_READ = {"height", "width", "subdivision_ms", "dense_ms", "time_ratio", "subd
 
 
 def _load_benchmark():
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from benchmarks import pointrend_inference
 
-    folder = Path(__file__).resolve().parent.parent / "benchmarks"
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))  # as when the script runs: it imports benchmarks/memory.py
-    spec = importlib.util.spec_from_file_location("pointrend_inference", folder / "pointrend_inference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return pointrend_inference
 
 
 def test_stored_inference_benchmark_holds_what_chapter_6_reads():

@@ -1,4 +1,4 @@
-"""The rehearsal of the full profile (SEGBOOK_REHEARSAL=1): what it relaxes, what it caps, what it keeps."""
+"""The rehearsal (tools/): the full profile's settings on the CPU, driven through segbook's public arguments."""
 from __future__ import annotations
 
 import ast
@@ -10,22 +10,29 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import segbook
-from segbook import profiles, rehearsal
+import segbook.data
+import segbook.train
+from segbook import env
 from segbook.data import VOCSegmentation, find_voc_dir, is_toy_voc
-from segbook.data.voc_shaped import VOC_SIZES, make_voc_shaped
-from segbook.evaluation import evaluate
-from segbook.loop import fit
-from segbook.runtime import amp_dtype, default_channels_last, scaler_enabled
+from tools import rehearsal_kernel as kernel
+from tools.make_rehearsal_data import VOC_SIZES, make_voc_shaped
+from tools.rehearse import FALLBACKS, SKIPPED_PREFIX
 
 
 @pytest.fixture(autouse=True)
 def fresh(monkeypatch, tmp_path):
-    monkeypatch.setattr(profiles, "_downgraded", None)
-    monkeypatch.setattr(rehearsal, "_said", set())
-    monkeypatch.setattr(rehearsal, "SKIPPED", [])
+    monkeypatch.setattr(env, "_downgraded", None)
+    monkeypatch.setattr(kernel, "_said", set())
     monkeypatch.setenv("SEGBOOK_DATA", str(tmp_path / "home"))
-    for name in ("SEGBOOK_VOC_ROOT", "SEGBOOK_PROFILE", "SEGBOOK_DEVICE", "SEGBOOK_REHEARSAL"):
+    for name in ("SEGBOOK_VOC_ROOT", "SEGBOOK_PROFILE", "SEGBOOK_DEVICE", "SEGBOOK_REHEARSAL_BATCH"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def rehearsal(monkeypatch):
+    """The kernel start-up file's changes, undone after the test."""
+    kernel.install(setattr_=monkeypatch.setattr)
+    return kernel
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +54,16 @@ def test_the_voc_shaped_set_is_voc_at_real_sizes_with_every_class(voc_shaped):
         assert png.mode == "P"
 
 
-def test_full_on_a_cpu_is_a_loud_rehearsal_only_when_asked(monkeypatch, voc_shaped, capsys):
+def test_full_on_a_cpu_is_a_loud_rehearsal_and_segbook_alone_refuses_it(monkeypatch, voc_shaped, capsys):
     monkeypatch.setenv("SEGBOOK_VOC_ROOT", str(voc_shaped))
-    monkeypatch.setenv("SEGBOOK_PROFILE", "full")
-    monkeypatch.setenv("SEGBOOK_REHEARSAL", "1")
-    assert segbook.get_profile(torch.device("cpu")) == "full"
-    assert capsys.readouterr().out.startswith("rehearsal: ") and profiles.profile_downgraded() is None
-    monkeypatch.setenv("SEGBOOK_REHEARSAL", "0")
-    assert segbook.get_profile(torch.device("cpu")) == "quick"  # the GPU check is back
+    monkeypatch.setenv("SEGBOOK_DEVICE", "cpu")
+    assert segbook.setup(profile="full").profile == "quick"  # segbook alone: no CUDA GPU, said in one line
     assert "no CUDA GPU" in capsys.readouterr().out
-
-
-def test_a_rehearsal_takes_cudas_lines_on_the_cpu(monkeypatch):
-    cpu = torch.device("cpu")
-    assert (amp_dtype(None, cpu), scaler_enabled(None, cpu), default_channels_last(cpu)) == (None, False, False)
-    monkeypatch.setenv("SEGBOOK_REHEARSAL", "1")
-    assert (amp_dtype(None, cpu), scaler_enabled(torch.bfloat16, cpu), default_channels_last(cpu)) == (
-        torch.bfloat16, True, True)
-    assert amp_dtype(False, cpu) is None  # an explicit choice still wins
+    monkeypatch.setattr(env, "_downgraded", None)
+    kernel.install(setattr_=monkeypatch.setattr)
+    setup = segbook.setup(profile="full")
+    assert setup.profile == "full" and setup.device.type == "cpu" and env.profile_downgraded() is None
+    assert capsys.readouterr().out.startswith("rehearsal: the full profile's settings on the CPU")
 
 
 def _loaders(n_train=12, n_val=5):
@@ -77,58 +76,66 @@ def _loaders(n_train=12, n_val=5):
 
 
 class Counting(nn.Module):
+    """Counts the images it sees, and whether they came channels-last under bfloat16 autocast."""
+
     def __init__(self):
         super().__init__()
-        self.conv, self.calls = nn.Conv2d(3, 3, 1), 0
+        self.conv, self.calls, self.seen = nn.Conv2d(3, 3, 1), 0, set()
 
     def forward(self, x):
         self.calls += x.shape[0]
+        self.seen.add((x.is_contiguous(memory_format=torch.channels_last), torch.get_autocast_dtype("cpu")
+                       if torch.is_autocast_enabled("cpu") else None))
         return {"out": self.conv(x)}
 
 
-def test_fit_and_evaluate_stop_early_in_a_rehearsal(monkeypatch, tmp_path, capsys):
-    monkeypatch.setenv("SEGBOOK_REHEARSAL", "1")
+def test_fit_and_evaluate_stop_early_and_take_cudas_lines(rehearsal, tmp_path, capsys):
     train, val = _loaders()
     model = Counting()
-    history = fit(model, train, val, epochs=5, device="cpu", num_classes=3, checkpoint_dir=tmp_path,
-                  live_plot=False, progress=False, log=None)
+    history = segbook.train.fit(model, train, val, epochs=5, device="cpu", num_classes=3, checkpoint_dir=tmp_path,
+                                live_plot=False, progress=False, log=None)
     assert len(history) == rehearsal.EPOCHS
     per_epoch = rehearsal.STEPS_PER_EPOCH * 2 + rehearsal.IMAGES  # batch-2 steps, then one image at a time
     assert model.calls == rehearsal.EPOCHS * per_epoch
-    assert history[1]["lr"] < history[0]["lr"]  # the schedule is laid out for 5 epochs of 6 steps
-    assert torch.load(tmp_path / "last.pt", weights_only=True)["scaler"]["scale"] > 1  # the GradScaler ran
+    assert history[1]["lr"] < history[0]["lr"]  # the schedule is laid out for whole epochs
+    assert (True, torch.bfloat16) in model.seen  # channels-last batches under bfloat16 autocast
     out = capsys.readouterr().out
     assert "fit stops after 2 of its 5 epochs" in out and "bfloat16" in out
     model.calls = 0
-    evaluate(model, val, num_classes=3)
+    segbook.train.evaluate(model, val, num_classes=3)
     assert model.calls == rehearsal.IMAGES
+    model.seen.clear()
+    segbook.train.evaluate(model, val, num_classes=3, amp=False, channels_last=False)
+    assert model.seen == {(False, None)}  # a chapter's explicit choice still wins
 
 
 def test_outside_a_rehearsal_nothing_is_capped():
     train, val = _loaders()
     model = Counting()
-    fit(model, train, val, epochs=2, device="cpu", num_classes=3, live_plot=False, progress=False, log=None)
-    assert model.calls == 2 * (6 * 2 + 5)
+    segbook.train.fit(model, train, val, epochs=2, device="cpu", num_classes=3, live_plot=False, progress=False,
+                      log=None)
+    assert model.calls == 2 * (6 * 2 + 5) and model.seen == {(False, None)}
 
 
 def test_a_failing_assert_becomes_a_skipped_check(capsys):
     source = "x = 1\nassert x == 2, 'never shown'\nassert x == 1\ny = 3\n"
-    tree = rehearsal._AssertToCheck(source).visit(ast.parse(source))
-    scope = {}
+    kernel._remember([source])
+    tree = kernel._AssertToCheck().visit(ast.parse(source))
+    scope = {"__rehearsal_skipped_check__": kernel.skipped_check}
     exec(compile(ast.fix_missing_locations(tree), "<cell>", "exec"), scope)
-    assert scope["y"] == 3 and rehearsal.SKIPPED == ["assert x == 2, 'never shown'"]
-    assert capsys.readouterr().out == "rehearsal: skipped check: assert x == 2, 'never shown'\n"
+    assert scope["y"] == 3
+    assert capsys.readouterr().out == SKIPPED_PREFIX + "assert x == 2, 'never shown'\n"
+    assert kernel.SKIPPED_PREFIX == SKIPPED_PREFIX  # what rehearse.py looks for
 
 
-def test_the_batch_is_as_written_unless_a_rehearsal_caps_it(monkeypatch, capsys):
+def test_the_batch_is_as_written_unless_the_rehearsal_caps_it(monkeypatch, capsys):
+    train_set = TensorDataset(torch.zeros(16, 3, 4, 4), torch.zeros(16, 4, 4, dtype=torch.long))
     monkeypatch.setenv("SEGBOOK_REHEARSAL_BATCH", "2")
-    assert rehearsal.batch_size(8) == 8  # not a rehearsal: ignored
-    monkeypatch.setenv("SEGBOOK_REHEARSAL", "1")
-    assert rehearsal.batch_size(8) == 2 and rehearsal.batch_size(1) == 1
+    assert segbook.data.segmentation_loaders(train_set, train_set, 8)[0].batch_size == 8  # not installed: ignored
+    kernel.install(setattr_=monkeypatch.setattr)
+    for loaders in (segbook.data.segmentation_loaders, segbook.data.sources.segmentation_loaders):
+        assert loaders(train_set, train_set, 8)[0].batch_size == 2 and loaders(train_set, train_set, 1)[0].batch_size == 1
     assert "cut from 8 to 2" in capsys.readouterr().out
-    monkeypatch.setenv("SEGBOOK_REHEARSAL_BATCH", "two")
-    with pytest.raises(ValueError, match="SEGBOOK_REHEARSAL_BATCH"):
-        rehearsal.batch_size(8)
 
 
 def test_every_check_a_rehearsal_may_skip_is_an_assert_of_its_chapter():
@@ -154,11 +161,7 @@ def test_every_check_a_rehearsal_may_skip_is_an_assert_of_its_chapter():
 
 def test_the_stand_in_mit_b0_loads_through_the_readers_download_path(monkeypatch, tmp_path):
     """The rehearsal's MiT-B0 file sits where the download lands; the key map then loads every tensor."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-    from make_rehearsal_data import write_stand_in_mit_b0
+    from tools.make_rehearsal_data import write_stand_in_mit_b0
     from segbook.models.mit import MixTransformer, convert_segformer_state_dict
 
     path = write_stand_in_mit_b0(tmp_path / "torch")
@@ -175,11 +178,7 @@ def test_the_stand_in_mit_b0_loads_through_the_readers_download_path(monkeypatch
 
 def test_the_stand_in_resnet_weights_load_through_torchvisions_cache(monkeypatch, tmp_path):
     """The rehearsal's ResNet file sits where torchvision's download lands, and the reader's loader takes it."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-    from make_rehearsal_data import weight_file
+    from tools.make_rehearsal_data import weight_file
     from segbook.models.backbones import RESNETS, ResNetBackbone
 
     build, _ = RESNETS["resnet18"]
@@ -197,15 +196,10 @@ def test_the_stand_in_resnet_weights_load_through_torchvisions_cache(monkeypatch
 def test_the_rehearsal_fails_on_every_fallback_segbook_prints():
     """tools/rehearse.py fails a chapter that fell back (random weights, the quick profile); its
     patterns must be what segbook prints, or a fallback would pass unseen."""
-    import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(root / "tools"))
-    from rehearse import FALLBACKS
-
-    printed = {name: (root / "segbook" / name).read_text()
-               for name in ("models/backbones.py", "models/mit.py", "profiles.py")}
-    assert "are unavailable (" in printed["models/backbones.py"] and "are unavailable (" in printed["models/mit.py"]
+    printed = {name: (root / "segbook" / name).read_text() for name in ("models/weights.py", "env.py")}
+    assert 'print(f"ImageNet weights for {what} are unavailable (' in printed["models/weights.py"]
     assert all(any(pattern in text for text in printed.values()) for pattern in FALLBACKS)
-    assert 'print(f"full profile unavailable: {reason}' in printed["profiles.py"]
+    assert 'print(f"full profile unavailable: {reason}' in printed["env.py"]

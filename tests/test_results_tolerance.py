@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -11,8 +9,7 @@ from segbook.results import ROUNDING, load_results, reproduction_tolerance as to
 
 from _experiments import load_experiment
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from portability import CONFIGS, DEFAULT_PATHS, ROOT  # noqa: E402
+from tools.portability import CONFIGS, DEFAULT_PATHS, ROOT
 
 # Each stored result a test re-runs, and the quantity it compares (compare_all: its own test says why).
 RECHECKED = {"ccnet_compare": "first_train_loss", "context_compare": "first_train_loss",

@@ -1,9 +1,5 @@
 """tools/setup_env.py tells uv what pip would use: the same indexes, find-links and constraints."""
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from setup_env import parse_pip_config  # noqa: E402
+from tools.setup_env import parse_pip_config
 
 LISTED = """\
 :env:.find-links='/opt/wheels'
@@ -25,3 +21,19 @@ def test_the_strongest_scope_wins_as_in_pip():
 
 def test_no_configuration_means_no_flags():
     assert parse_pip_config("") == {}
+
+
+def test_the_supported_pythons_are_stated_once_and_repeated_alike():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from tools.setup_env import MIN_PYTHON
+
+    root = Path(__file__).resolve().parent.parent
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["requires-python"]
+    floor = ".".join(map(str, MIN_PYTHON))
+    assert declared == f">={floor}"
+    for page in ("README.md", "book/setup.md"):
+        said = set(re.findall(r"Python (3\.\d+) or newer", (root / page).read_text()))
+        assert said == {floor}, page

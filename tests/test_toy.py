@@ -9,7 +9,8 @@ import pytest
 import torchvision
 from PIL import Image
 
-from segbook.data.toy import TOY_CLASSES, TOY_MARKER, make_toy_voc
+from segbook.data.toy import TOY_CLASSES, make_toy_voc
+from segbook.data.voc import TOY_MARKER
 from segbook.data.voc import IGNORE_INDEX, VOC_CLASSES, voc_palette
 from segbook.env import real_voc_available
 

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from segbook import checkpoints as CK
-from segbook import runtime, viz
+from segbook.train import checkpoints as CK
+from segbook import viz
+from segbook.train import runtime
 from segbook import train as T
 from segbook.metrics import ConfusionMatrix
 from segbook.train import (TrainingDiverged, evaluate, fit, load_checkpoint, poly_schedule, predict, predict_logits,
@@ -166,10 +167,8 @@ def test_fit_is_reproducible():
 def test_fit_given_optimizer_and_fixed_lr():
     model = TinyNet()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    _, history = run(epochs=2, model=model, optimizer=opt, schedule=None)
+    _, history = run(epochs=2, model=model, optimizer=opt, poly_power=0)
     assert [row["lr"] for row in history] == [1e-2, 1e-2]
-    with pytest.raises(ValueError, match="schedule"):
-        run(epochs=1, schedule="cosine")
 
 
 @pytest.mark.parametrize("amp", ["bfloat16", "float16"])
@@ -348,14 +347,10 @@ def test_nan_in_the_first_epoch_says_nothing_was_saved(tmp_path):
 
 
 def test_progress_switch(monkeypatch):
-    for name in ("TQDM_DISABLE", "CI"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
     assert runtime.progress_on(None)
-    monkeypatch.setenv("CI", "true")
-    assert not runtime.progress_on(None) and runtime.progress_on(True)
-    monkeypatch.delenv("CI")
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    assert not runtime.progress_on(None)
+    assert not runtime.progress_on(None) and runtime.progress_on(True)
     monkeypatch.setenv("TQDM_DISABLE", "0")
     assert runtime.progress_on(None)
 
@@ -575,12 +570,10 @@ def test_resume_refuses_other_settings_and_lists_them(tmp_path):
 
 def test_resume_into_another_architecture_is_one_clear_error(tmp_path):
     run(epochs=1, checkpoint_dir=tmp_path)
-    state = torch.load(tmp_path / "last.pt", weights_only=True)
-    del state["config"]  # as an older file without settings: the weights themselves must be checked
-    torch.save(state, tmp_path / "last.pt")
-    with pytest.raises(ValueError, match=r"last\.pt holds weights of another model: .*unexpected.*missing entries "
-                                         r"against TinyNet; build the model it was trained as"):
-        run(epochs=2, model=TinyNet(aux=True), resume=True, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"last\.pt holds weights of another model \(written for model TinyNet, .*\): "
+                                         r".*unexpected.*missing entries against TinyNet; build the model it was "
+                                         r"trained as"):
+        load_checkpoint(tmp_path / "last.pt", TinyNet(aux=True))
     with pytest.raises(ValueError, match="the same entries with other shapes"):
         load_checkpoint(tmp_path / "last.pt", TinyNet(num_classes=5))
 
@@ -611,9 +604,78 @@ def test_chapter_checkpoints_live_in_the_data_home(tmp_path, monkeypatch):
     assert CK.chapter_checkpoint_dir("03_fcn", "fcn8s") == tmp_path / "checkpoints" / "03_fcn" / "fcn8s"
 
 
-def test_old_names_stay_importable():
-    from segbook.cli import main as cli_main
-    from segbook.train import (TrainingDiverged, evaluate, fit, load_checkpoint, main, poly_schedule,  # noqa: F401
-                               predict, predict_logits, save_checkpoint, segmentation_loss, sliding_windows)
-    from segbook.evaluation import evaluate as evaluate_
-    assert evaluate is evaluate_ and callable(cli_main) and callable(main)
+def test_python_m_segbook_train_is_the_command_line(capsys):
+    import runpy
+
+    with pytest.raises(SystemExit) as exit_:
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr("sys.argv", ["segbook-train", "--help"])
+            runpy.run_module("segbook.train", run_name="__main__")
+    assert exit_.value.code == 0 and "usage: segbook-train" in capsys.readouterr().out
+
+
+# -- the recipe's options ---------------------------------------------------------------------------------
+
+
+def test_warm_up_ramps_linearly_then_decays():
+    f = poly_schedule(10, power=1.0, warmup=4)
+    assert [round(f(i), 6) for i in range(4)] == [round((i + 1) / 5 * (1 - i / 10), 6) for i in range(4)]
+    assert f(4) == pytest.approx(0.6) and f(9) == pytest.approx(0.1) and f(10) == 0.0
+    assert poly_schedule(10, power=0)(7) == 1.0  # power 0: a fixed rate
+
+
+def test_fit_warms_up_per_step():
+    model = TinyNet()
+    _, history = run(epochs=2, model=model, warmup_steps=4, poly_power=1.0)
+    steps = len(loaders()[0])  # 3 steps an epoch: the second epoch starts at step 3, inside the warm-up
+    assert history[0]["lr"] == pytest.approx(0.2 * 1 / 5)
+    assert history[1]["lr"] == pytest.approx(0.2 * (steps + 1) / 5 * (1 - steps / (2 * steps)))
+
+
+def test_param_groups_leave_norms_and_biases_undecayed():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1, bias=False), nn.LayerNorm(2))
+    net.pos = nn.Parameter(torch.zeros(1, 5, 2))  # a position table: 3-D, excluded by name
+    net[2].weight.requires_grad_(False)
+    decay, no_decay = T.param_groups_weight_decay(net, 0.05, no_weight_decay=["pos"])
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert [names[id(p)] for p in decay["params"]] == ["0.weight"] and decay["weight_decay"] == 0.05
+    assert sorted(names[id(p)] for p in no_decay["params"]) == ["0.bias", "1.bias", "1.weight", "3.bias", "3.weight",
+                                                               "pos"]
+    assert no_decay["weight_decay"] == 0.0  # and the frozen 2.weight is in neither group
+    opt = torch.optim.AdamW(T.param_groups_weight_decay(net, 0.05), lr=1e-3)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+
+
+def test_clip_grad_norm_bounds_every_step(monkeypatch):
+    norms = []
+    real = nn.utils.clip_grad_norm_
+    monkeypatch.setattr(nn.utils, "clip_grad_norm_", lambda params, max_norm: norms.append(float(real(params, max_norm))))
+    model, _ = run(epochs=1, clip_grad_norm=0.01)
+    assert len(norms) == len(loaders()[0]) and all(n > 0.01 for n in norms)  # the norm before clipping
+    seen = []
+    net = TinyNet()
+    monkeypatch.setattr(nn.utils, "clip_grad_norm_", lambda params, max_norm: seen.append(max_norm))
+    run(epochs=1, model=net)
+    assert seen == []  # off by default
+
+
+def test_limits_cut_an_epoch_and_a_validation(monkeypatch):
+    calls = []
+
+    class Counting(TinyNet):
+        def forward(self, x):
+            calls.append((self.training, x.shape[0]))
+            return super().forward(x)
+
+    run(epochs=2, model=Counting(), max_steps_per_epoch=1, max_val_images=3)
+    assert [c for c in calls if c[0]] == [(True, 4)] * 2  # one training step of 4 images per epoch
+    assert [c for c in calls if not c[0]] == [(False, 1)] * 6  # three validation images per epoch
+
+
+def test_train_one_epoch_on_its_own():
+    torch.manual_seed(0)
+    model, (train, _) = TinyNet(), loaders()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    first = T.train_one_epoch(model, train, opt, segmentation_loss, torch.device("cpu"))
+    second = T.train_one_epoch(model, train, opt, segmentation_loss, torch.device("cpu"))
+    assert set(first) == {"train_loss"} and second["train_loss"] < first["train_loss"]

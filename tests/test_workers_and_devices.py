@@ -10,9 +10,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from segbook import data, distributed
-from segbook.distributed import Distributed, leave, process_device, shard_train_loader, shard_val_loader
-from segbook.losses import model_loss, segmentation_loss
+from segbook import data
+from segbook.env import get_device
+from segbook.models.base import model_loss, segmentation_loss
+from segbook.train.distributed import Processes
 from segbook.models.pointrend import PointRend, point_loss
 from segbook.train import fit
 
@@ -49,7 +50,7 @@ def _fit(workers: int, epochs: int, folder: Path | None = None, resume: bool = F
     torch.manual_seed(0)
     model = Dropper()
     history = fit(model, train_loader, val_loader, epochs=epochs, lr=0.05, device="cpu", num_classes=NUM_CLASSES,
-                  schedule=None, seed=1, checkpoint_dir=folder, resume=resume, live_plot=False, progress=False,
+                  poly_power=0, seed=1, checkpoint_dir=folder, resume=resume, live_plot=False, progress=False,
                   log=None)  # a fixed lr: a 1-epoch run and a 3-epoch run then share epoch 1
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history], model.state_dict()
 
@@ -70,6 +71,13 @@ def test_resume_with_2_workers_is_exact(tmp_path: Path) -> None:
     assert no_workers == whole and all(torch.equal(no_worker_weights[k], weights[k]) for k in weights)
 
 
+def _processes(rank: int, world_size: int, local_rank: int) -> Processes:
+    """A Processes object placed as torchrun would place it, without joining any group."""
+    processes = Processes()
+    processes.rank, processes.world_size, processes.local_rank = rank, world_size, local_rank
+    return processes
+
+
 def test_sharded_loaders_keep_every_dataloader_option() -> None:
     def init(worker_id):
         return None
@@ -79,8 +87,7 @@ def test_sharded_loaders_keep_every_dataloader_option() -> None:
                         timeout=7, worker_init_fn=init, multiprocessing_context="spawn",
                         generator=torch.Generator().manual_seed(1), prefetch_factor=3, persistent_workers=True,
                         in_order=False)
-    for shard in (shard_train_loader(loader, Distributed(1, 2, 1), seed=0),
-                  shard_val_loader(loader, Distributed(1, 2, 1))):
+    for shard in (_processes(1, 2, 1).shard_train(loader, seed=0), _processes(1, 2, 1).shard_val(loader)):
         for name in ("num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn", "generator",
                      "prefetch_factor", "persistent_workers", "pin_memory_device", "in_order"):
             assert getattr(shard, name) == getattr(loader, name), name
@@ -89,36 +96,44 @@ def test_sharded_loaders_keep_every_dataloader_option() -> None:
 
 
 def test_devices_under_torchrun_are_the_local_rank_or_refused(monkeypatch) -> None:
-    group = Distributed(rank=3, world_size=4, local_rank=1)
-    assert process_device(torch.device("cpu"), group) == torch.device("cpu")
-    assert process_device(torch.device("cuda", 0), None) == torch.device("cuda", 0)  # one process: as given
-    with pytest.raises(ValueError, match="'mps' cannot train under torchrun"):
-        process_device(torch.device("mps"), group)
+    assert get_device("cpu", local_rank=1) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert process_device(torch.device("cuda"), group) == torch.device("cuda", 1)
-    assert process_device(torch.device("cuda", 1), group) == torch.device("cuda", 1)
+    assert get_device("cuda:0") == torch.device("cuda", 0)  # one process: as given
+    assert get_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert get_device("cuda:1", local_rank=1) == torch.device("cuda", 1)
     with pytest.raises(ValueError, match="each process uses GPU LOCAL_RANK.*CUDA_VISIBLE_DEVICES"):
-        process_device(torch.device("cuda", 0), group)
+        get_device("cuda:0", local_rank=1)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(RuntimeError, match="LOCAL_RANK=1 but this machine has 1 GPU"):
-        process_device(torch.device("cuda"), group)
+        get_device("cuda", local_rank=1)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    with pytest.raises(ValueError, match="'mps' cannot train under torchrun"):
+        get_device("mps", local_rank=0)
 
 
-def test_init_refuses_a_device_before_joining(monkeypatch) -> None:
+def test_joining_refuses_a_device_before_the_group_is_made(monkeypatch) -> None:
     for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("joined with a device that fails"))
     with pytest.raises(ValueError, match="torchrun"):
-        distributed.init_distributed(torch.device("mps"))
+        Processes().start("mps")
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no Gloo")
 def test_a_group_is_destroyed_by_whoever_started_it(tmp_path: Path) -> None:
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0, world_size=1)
     try:
-        leave(Distributed(0, 2, 0))  # made by someone else: kept
+        processes = Processes()
+        with processes.joined("cpu"):  # made by someone else: kept
+            pass
+        assert dist.is_initialized() and not processes.started
+        processes.started = True  # as if start() had made it
+        with processes.joined("cpu"):  # a block inside the one that made it: kept
+            pass
         assert dist.is_initialized()
-        leave(Distributed(0, 2, 0, started=True))
+        processes.close()
         assert not dist.is_initialized()
     finally:
         if dist.is_initialized():
@@ -127,9 +142,9 @@ def test_a_group_is_destroyed_by_whoever_started_it(tmp_path: Path) -> None:
 
 def test_every_model_trains_with_its_own_loss() -> None:
     pointrend = PointRend(num_classes=3, backbone="resnet18", num_points=16)
-    assert model_loss(pointrend).func is PointRend.criterion and model_loss(Dropper()).func is segmentation_loss
+    assert model_loss(pointrend).func == pointrend.loss and model_loss(Dropper()).func is segmentation_loss
     wrapped = nn.DataParallel(pointrend)
-    assert model_loss(wrapped).func is PointRend.criterion
+    assert model_loss(wrapped).func == pointrend.loss
     outputs = pointrend(torch.randn(2, 3, 32, 32))
     target = torch.randint(0, 3, (2, 32, 32))
     total, parts = model_loss(pointrend, {"aux": 0.4})(outputs, target)
@@ -137,21 +152,6 @@ def test_every_model_trains_with_its_own_loss() -> None:
     assert set(parts) == {"out", "point"} and torch.equal(total, expected)
     total.backward()
     assert all(p.grad is not None for p in pointrend.point_head.parameters())
-
-
-def test_a_checkpoint_from_a_shared_generator_restores_the_sampler() -> None:
-    # Before the loader had a generator of its own, a checkpoint held one loader state: the sampler's.
-    from segbook.rng import loader_generators, rng_state, set_rng_state
-
-    train, _ = _loaders(0)
-    assert loader_generators(train) == [train.sampler.generator, train.generator]
-    _keys(train, 1)  # advance the order
-    saved = rng_state(train)
-    saved["loader"] = saved["loader"][:1]  # what such a checkpoint holds
-    expected = _keys(train, 1)
-    fresh, _ = _loaders(0)
-    set_rng_state(saved, fresh)
-    assert _keys(fresh, 1) == expected
 
 
 def test_torchrun_on_cuda_binds_each_process_to_its_gpu(monkeypatch) -> None:
@@ -165,27 +165,29 @@ def test_torchrun_on_cuda_binds_each_process_to_its_gpu(monkeypatch) -> None:
         calls.update(backend=backend, device_id=device_id)
 
     monkeypatch.setattr(dist, "init_process_group", init)
-    group = distributed.init_distributed(torch.device("cuda"))
-    assert group == Distributed(3, 4, 1, started=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    processes = Processes()
+    assert processes.start("cuda") == torch.device("cuda", 1)
+    assert (processes.rank, processes.world_size, processes.local_rank, processes.started) == (3, 4, 1, True)
     assert calls == {"set_device": torch.device("cuda", 1), "backend": "nccl", "device_id": torch.device("cuda", 1)}
     calls.clear()
     monkeypatch.setattr(dist, "init_process_group", lambda backend, init_method=None: calls.update(backend=backend))
-    distributed.init_distributed(torch.device("cuda"))  # an older PyTorch: no device_id to pass
+    Processes().start("cuda")  # an older PyTorch: no device_id to pass
     assert calls == {"set_device": torch.device("cuda", 1), "backend": "nccl"}
 
 
 def test_cuda_random_state_goes_back_to_this_process_s_gpu(monkeypatch) -> None:
     # A checkpoint holds the state of the GPU its process used; another process puts it onto its own GPU.
-    from segbook.rng import process_rng_state, set_rng_state
+    from segbook.train.checkpoints import random_state, set_random_state
 
     saved_state, put = torch.tensor([7], dtype=torch.uint8), []
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda index: saved_state)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: put.append((state, device)))
-    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("restored every GPU"))
-    state = process_rng_state(torch.device("cuda", 0))
+    state = random_state(torch.device("cuda", 0))
     assert state["cuda"] == [saved_state] and state["cuda_device"] == 0
-    set_rng_state({**state, "loader": []}, loader=None, device=torch.device("cuda", 1))
+    set_random_state({**state, "loader": []}, loader=None, device=torch.device("cuda", 1))
     assert put == [(saved_state, torch.device("cuda", 1))]
     put.clear()
-    set_rng_state({**state, "loader": []}, loader=None, device=torch.device("cpu"))
+    set_random_state({**state, "loader": []}, loader=None, device=torch.device("cpu"))
     assert put == []  # a CPU run has no GPU state to restore

@@ -5,7 +5,7 @@
 ``DIR`` (default: segbook's data folder, ``~/.cache/segbook/rehearsal``) gets
 
 * ``voc/VOCdevkit/VOC2012``: a few dozen images at VOC's real sizes in VOC's
-  exact layout (:func:`segbook.data.voc_shaped.make_voc_shaped`); point
+  exact layout (:func:`make_voc_shaped`); point
   ``SEGBOOK_VOC_ROOT`` at ``DIR/voc``;
 * ``torch/hub/checkpoints/<file>``: for every ResNet the book builds, a freshly
   initialised torchvision model's ``state_dict``, saved under the exact file
@@ -21,23 +21,78 @@
 The weights are random: every key and shape is ImageNet's, no value is. Both
 parts are made once; a second call finds them and returns. Nothing here
 touches the network.
+
+The VOC-shaped pictures are flat shapes on noise, at VOC's real sizes (JPEG
+photographs of 500 x 375, 375 x 500, 500 x 333 ..., palette PNG labels with
+VOC's palette and a 5-pixel 255 band, the three split files), with every one of
+the 21 labels in each split and *without* the toy marker: to every reader it is
+Pascal VOC2012, found where VOC2012 is found (``SEGBOOK_VOC_ROOT``). Nothing can
+be learnt from them; they are for a rehearsal, never for a result.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
-import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+from segbook.data.synthetic import border_band, new_voc_folder, toy_ids, write_sample, write_splits
+from segbook.data.voc import NUM_CLASSES, VOC_COLORMAP, layout_missing
+from segbook.models.backbones import RESNETS
+from segbook.settings import data_home
 
-from segbook.data.voc import layout_missing  # noqa: E402
-from segbook.data.voc_shaped import make_voc_shaped  # noqa: E402
-from segbook.models.backbones import RESNETS  # noqa: E402
-from segbook.paths import data_home  # noqa: E402
+# (H, W) of VOC2012 photographs: the longer side is 500; landscape 500 x 375 is the most common.
+VOC_SIZES = ((375, 500), (333, 500), (500, 375), (500, 333), (281, 500), (366, 500), (500, 500), (334, 500))
+VOC_BAND = 5  # pixels: the half-width of VOC's 255 band, drawn by its annotators
+
+
+def _sample(rng: np.random.Generator, size: tuple[int, int], classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """One (image uint8 (H, W, 3), label uint8 (H, W)): each class an ellipse or a box in its own column."""
+    height, width = size
+    image = rng.normal(118.0, 30.0, size=(height, width, 3))
+    label = np.zeros((height, width), dtype=np.uint8)
+    y, x = np.mgrid[0:height, 0:width]
+    column = width / len(classes)
+    for k, cls in enumerate(classes):
+        cx = column * (k + 0.5) + rng.uniform(-0.1, 0.1) * column
+        cy = height * rng.uniform(0.35, 0.65)
+        a, b = column * rng.uniform(0.25, 0.45), height * rng.uniform(0.15, 0.32)
+        if rng.random() < 0.5:
+            mask = ((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 <= 1.0
+        else:
+            mask = (np.abs(x - cx) <= a) & (np.abs(y - cy) <= b)
+        label[mask] = cls
+        image[mask] = np.array(VOC_COLORMAP[cls]) * 0.6 + rng.normal(40.0, 20.0, size=(int(mask.sum()), 3))
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), border_band(label, VOC_BAND)
+
+
+def make_voc_shaped(root: os.PathLike | str, *, num_train: int = 40, num_val: int = 8, seed: int = 0,
+                    objects: int = 3, jpeg_quality: int = 90) -> Path:
+    """Write a VOC2012-shaped folder under ``root/VOCdevkit/VOC2012`` and return that folder.
+
+    ``objects`` shapes per image, their classes taken in turn from 1..20 within
+    each split, so each split holds all 21 labels once it has at least
+    ``20 / objects`` images. Deterministic for a seed. The folder must be empty
+    or absent: the set never mixes with another.
+    """
+    if min(num_train, num_val) * objects < NUM_CLASSES - 1:
+        raise ValueError(f"num_train={num_train}, num_val={num_val}, objects={objects}: each split needs at least "
+                         f"{NUM_CLASSES - 1} objects in all to hold every class; raise them.")
+    voc = new_voc_folder(root, "make_voc_shaped")
+    rng = np.random.default_rng(seed)
+    ids = toy_ids(num_train + num_val)
+    splits = {"train": ids[:num_train], "val": ids[num_train:]}
+    for names in splits.values():
+        for n, image_id in enumerate(names):
+            classes = [1 + (n * objects + k) % (NUM_CLASSES - 1) for k in range(objects)]
+            size = VOC_SIZES[int(rng.integers(len(VOC_SIZES)))]
+            image, label = _sample(rng, size, classes)
+            write_sample(voc, image_id, image, label, quality=jpeg_quality)
+    write_splits(voc, splits)  # no marker: to every reader this is Pascal VOC2012
+    return voc
 
 
 def weight_file(torch_home: Path, name: str) -> Path:

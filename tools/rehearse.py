@@ -6,8 +6,9 @@
     python tools/rehearse.py --batch 2 chapters/04_pspnet.ipynb   # CI: training batches cut to 2
 
 Each chapter is executed from its stored file into a copy (the stored quick
-outputs are never touched) with ``SEGBOOK_PROFILE=full`` and
-``SEGBOOK_REHEARSAL=1`` (see :mod:`segbook.rehearsal`), on the VOC-shaped data
+outputs are never touched) with ``SEGBOOK_PROFILE=full`` and a kernel that
+runs ``tools/rehearsal_kernel.py`` first (the full profile on the CPU, every
+loop cut short, failing asserts printed; see that file), on the VOC-shaped data
 and stand-in ImageNet weights of ``tools/make_rehearsal_data.py`` (made first
 when missing), with checkpoints in a fresh temporary data folder. So every
 ``pick(full=...)`` value runs as written: the sizes, crops, backbones and batch
@@ -32,6 +33,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,14 +41,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from segbook.rehearsal import SKIPPED_PREFIX  # noqa: E402
-
+KERNEL_STARTUP = ROOT / "tools" / "rehearsal_kernel.py"
+SKIPPED_PREFIX = "rehearsal: skipped check: "  # what rehearsal_kernel.py prints for a failed assert
 CHECKS = ROOT / "tools" / "rehearsal_checks.json"
 CELL_TIMEOUT = 3600  # seconds; full-size steps on two cores are slow, but they end
-# What segbook prints where a reader's full run would have what the rehearsal lacks (backbones.py,
-# mit.py, profiles.py): each means a part of the full branch did not run.
+# What segbook prints where a reader's full run would have what the rehearsal lacks (models/weights.py,
+# env.py): each means a part of the full branch did not run.
 FALLBACKS = ("are unavailable (", "full profile unavailable:")
 
 
@@ -110,9 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         return _run_one(args.one, args.into)
 
-    sys.path.insert(0, str(ROOT / "tools"))
-    from make_rehearsal_data import make_rehearsal_data
-    from segbook.paths import data_home
+    from make_rehearsal_data import make_rehearsal_data  # tools/, the script's own folder
+    from segbook.settings import data_home
 
     voc_root, torch_home = make_rehearsal_data((args.data or data_home() / "rehearsal").expanduser())
     notebooks = args.notebooks or sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
@@ -121,10 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="segbook-rehearsal-") as tmp:
         out_dir = args.keep or Path(tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
+        startup = Path(tmp) / "ipython" / "profile_default" / "startup"
+        startup.mkdir(parents=True)
+        shutil.copy(KERNEL_STARTUP, startup / "00-rehearsal.py")  # the kernel runs it before the first cell
         for notebook in notebooks:
             notebook = notebook.resolve()
-            env = {**os.environ, "SEGBOOK_PROFILE": "full", "SEGBOOK_REHEARSAL": "1", "SEGBOOK_DEVICE": "cpu",
-                   "SEGBOOK_VOC_ROOT": str(voc_root), "TORCH_HOME": str(torch_home), "CI": "true",
+            env = {**os.environ, "SEGBOOK_PROFILE": "full", "SEGBOOK_DEVICE": "cpu", "IPYTHONDIR": str(startup.parents[1]),
+                   "SEGBOOK_VOC_ROOT": str(voc_root), "TORCH_HOME": str(torch_home), "TQDM_DISABLE": "1",
                    "SEGBOOK_DATA": str(Path(tmp) / "data" / notebook.stem),  # checkpoints start afresh
                    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
             if args.batch:

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 STAMP = VENV / "segbook-requirements.sha256"
 PIP_JSON = "https://pypi.org/pypi/pip/json"
-MIN_PYTHON = (3, 10)
+MIN_PYTHON = (3, 11)  # pyproject.toml's requires-python
 
 
 def venv_python(env_dir: Path = VENV) -> Path:

@@ -31,18 +31,15 @@ unchanged. The drawing primitives are the toy set's (:mod:`segbook.data.toy`).
 from __future__ import annotations
 
 import colorsys
-import json
 import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from ..paths import data_home
-from .generated import generate_once
-from .toy import _CLUTTER_TEXTURES, _border_band, _box, _color_pair, _frame, _gradient, _polygon, \
-    _smooth_noise, toy_ids
-from .voc import TOY_MARKER, VOC_CLASSES, voc_palette
+from ..settings import data_home
+from .synthetic import (CLUTTER_TEXTURES, border_band, box, color_pair, generate_once, gradient, object_frame,
+                        new_voc_folder, polygon, smooth_noise, toy_ids, write_sample, write_splits)
+from .voc import VOC_CLASSES
 
 __all__ = ["CONTEXT_CLASSES", "CONTEXT_SIZE", "CONTEXT_VERSION", "SCENES", "context_sample", "get_context_voc_dir",
            "make_context_voc"]
@@ -63,7 +60,7 @@ def _road(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     image = np.zeros((height, width, 3), np.float32) + (grey + tint).astype(np.float32)  # (H, W, 3)
     grain = rng.uniform(-14, 14, size=(height // 2 + 1, width // 2 + 1)).astype(np.float32)
     image += grain.repeat(2, 0).repeat(2, 1)[:height, :width, None]  # 2-px grain: fine noise dies in JPEG
-    image += _smooth_noise(rng, height, width, int(rng.integers(3, 6)), 15)
+    image += smooth_noise(rng, height, width, int(rng.integers(3, 6)), 15)
     angle = np.deg2rad(rng.uniform(-20, 20))
     along = xx * np.cos(angle) + yy * np.sin(angle)  # (H, W) pixels along the road
     across = -xx * np.sin(angle) + yy * np.cos(angle)  # (H, W) pixels across it
@@ -82,7 +79,7 @@ def _water(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     base = np.float32(colorsys.hsv_to_rgb(hue, saturation, value)) * 255
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)  # (H, W) each
     image = np.zeros((height, width, 3), np.float32) + base  # (H, W, 3)
-    image += _smooth_noise(rng, height, width, int(rng.integers(3, 6)), 20)
+    image += smooth_noise(rng, height, width, int(rng.integers(3, 6)), 20)
     angle = np.deg2rad(rng.uniform(-20, 20))
     along = xx * np.cos(angle) + yy * np.sin(angle)  # (H, W)
     across = -xx * np.sin(angle) + yy * np.cos(angle)  # (H, W)
@@ -102,8 +99,8 @@ def _hull(u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> tuple[np.nd
     Returns the mask and the cabin's height (in units of size), which the mat needs.
     """
     cabin, front = rng.uniform(0.3, 0.5), rng.uniform(0.35, 0.7)
-    body = _box(u, v, -1.0, 1.0, -0.05, 0.35, r=rng.uniform(0.08, 0.18))
-    body |= _polygon(u, v, [(-0.65, 0.0), (-0.45, -cabin), (front - 0.25, -cabin), (front, 0.0)])
+    body = box(u, v, -1.0, 1.0, -0.05, 0.35, r=rng.uniform(0.08, 0.18))
+    body |= polygon(u, v, [(-0.65, 0.0), (-0.45, -cabin), (front - 0.25, -cabin), (front, 0.0)])
     return body, cabin
 
 
@@ -115,7 +112,7 @@ def _paint_object(rng: np.random.Generator, image: np.ndarray, mask_out: np.ndar
     size = np.sqrt(area / _UNIT_AREA)
     aspect = rng.uniform(0.85, 1.15)
     cx, cy = rng.uniform(0.2, 0.8) * width, rng.uniform(0.25, 0.75) * height
-    frame = _frame(height, width, cx, cy, size, np.deg2rad(rng.uniform(-12, 12)), aspect, rng.choice([-1, 1]),
+    frame = object_frame(height, width, cx, cy, size, np.deg2rad(rng.uniform(-12, 12)), aspect, rng.choice([-1, 1]),
                    1.4 + (margin + ring) / size)
     if frame is None:
         return False
@@ -126,17 +123,17 @@ def _paint_object(rng: np.random.Generator, image: np.ndarray, mask_out: np.ndar
     half_w, top, bottom = size * aspect, cabin * size / aspect, 0.35 * size / aspect
     if ring > 0:  # the near field: `ring` pixels of a scene texture chosen without knowing the scene
         reach = margin + ring
-        band = _box(x, y, -half_w - reach, half_w + reach, -top - reach, bottom + reach, r=min(reach, 8.0))
+        band = box(x, y, -half_w - reach, half_w + reach, -top - reach, bottom + reach, r=min(reach, 8.0))
         image[where][band] = near[where][band]
     # The mat: a rounded rectangle `margin` pixels beyond the hull's extent, in a plain neutral colour.
-    mat = _box(x, y, -half_w - margin, half_w + margin, -top - margin, bottom + margin, r=min(margin, 6.0))
+    mat = box(x, y, -half_w - margin, half_w + margin, -top - margin, bottom + margin, r=min(margin, 6.0))
     mat_colour = np.float32(colorsys.hsv_to_rgb(rng.uniform(0.05, 0.15), rng.uniform(0.0, 0.2),
                                                 rng.uniform(0.55, 0.85))) * 255
     image[where][mat] = mat_colour + rng.uniform(-4, 4, size=(int(mat.sum()), 3))
     # The object: any of the toy set's textures, any hue, and the toy set's soft shading.
-    c0, c1 = _color_pair(rng, rng.uniform(0, 1), contrast=rng.uniform(0.35, 0.65))
-    t = _CLUTTER_TEXTURES[rng.integers(len(_CLUTTER_TEXTURES))](x, y, rng)[..., None]  # (h, w, 1)
-    colour = (c0 * (1 - t) + c1 * t) * (1.0 + 0.15 * (_gradient(x, y, rng) - 0.5)[..., None])  # (h, w, 3)
+    c0, c1 = color_pair(rng, rng.uniform(0, 1), contrast=rng.uniform(0.35, 0.65))
+    t = CLUTTER_TEXTURES[rng.integers(len(CLUTTER_TEXTURES))](x, y, rng)[..., None]  # (h, w, 1)
+    colour = (c0 * (1 - t) + c1 * t) * (1.0 + 0.15 * (gradient(x, y, rng) - 0.5)[..., None])  # (h, w, 3)
     image[where][mask] = colour[mask]
     mask_out[where] |= mask
     return True
@@ -175,7 +172,7 @@ def context_sample(seed: int | np.random.SeedSequence, scene: str, size: tuple[i
     image[~covered] = scene_image[~covered]
     image += noise_rng.normal(0.0, noise, size=image.shape)  # sensor noise, the same in both scenes
     label = np.where(mask, VOC_CLASSES.index(SCENES[scene]), 0).astype(np.uint8)  # (H, W)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), _border_band(label, border)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), border_band(label, border)
 
 
 # --------------------------------------------------------------------------- writing the set
@@ -193,15 +190,10 @@ def make_context_voc(root: os.PathLike | str, *, num_train: int = CONTEXT_SIZE[0
     order. The same arguments give the same bytes. JPEGs are written without
     chroma subsampling, so the water's colour does not bleed 16 pixels into the mat.
     """
-    voc = Path(root).expanduser() / "VOCdevkit" / "VOC2012"
-    if voc.exists() and any(voc.iterdir()):
-        raise FileExistsError(f"{voc} already holds files; make_context_voc writes only into an empty folder. "
-                              "Delete it, or pass another root.")
     if num_train < 2 or num_val < 2:
         raise ValueError(f"num_train={num_train} and num_val={num_val}: each split needs at least one car "
                          "and one boat, so at least 2 images.")
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (voc / sub).mkdir(parents=True, exist_ok=True)
+    voc = new_voc_folder(root, "make_context_voc")
     root_sequence = np.random.SeedSequence(seed)
     split_rng = np.random.default_rng(root_sequence.spawn(1)[0])
     ids = toy_ids(num_train + num_val)
@@ -211,22 +203,14 @@ def make_context_voc(root: os.PathLike | str, *, num_train: int = CONTEXT_SIZE[0
     for names in splits.values():  # exactly balanced per split; an odd split gets one road image more
         kinds = [("road", "water")[i % 2] for i in range(len(names))]
         scenes.update(zip(names, (kinds[i] for i in split_rng.permutation(len(names)))))
-    palette = voc_palette()
     for image_id, sample_seed in zip(ids, root_sequence.spawn(len(ids))):
         image, label = context_sample(sample_seed, scenes[image_id], size, margin=margin, ring=ring,
-                                      area_range=area_range,
-                                      border=border, noise=noise)
-        Image.fromarray(image).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=jpeg_quality, subsampling=0)
-        png = Image.fromarray(label)  # mode "L"; the palette turns it into VOC's mode "P"
-        png.putpalette(palette)
-        png.save(voc / "SegmentationClass" / f"{image_id}.png")
-    splits["trainval"] = sorted(ids)
-    for split, names in splits.items():
-        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in names))
-    settings = dict(kind="context", version=CONTEXT_VERSION, seed=seed, num_train=num_train, num_val=num_val,
-                    size=list(size), margin=margin, ring=ring, area_range=list(area_range), border=border, noise=noise,
-                    jpeg_quality=jpeg_quality, scenes=SCENES)
-    (voc / TOY_MARKER).write_text(json.dumps(settings, indent=1) + "\n")  # generated: never taken for real VOC
+                                      area_range=area_range, border=border, noise=noise)
+        write_sample(voc, image_id, image, label, quality=jpeg_quality, subsampling=0)
+    write_splits(voc, splits, dict(kind="context", version=CONTEXT_VERSION, seed=seed, num_train=num_train,
+                                   num_val=num_val, size=list(size), margin=margin, ring=ring,
+                                   area_range=list(area_range), border=border, noise=noise,
+                                   jpeg_quality=jpeg_quality, scenes=SCENES))
     return voc
 
 

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from ..paths import data_home
+from ..settings import data_home
 from .voc import VOC_ARCHIVE_NAME, layout_missing, missing_files, split_ids
 
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"  # the official host
@@ -127,7 +127,7 @@ def download_voc2012(root: os.PathLike | str | None = None, *, url: str = VOC_UR
                      progress: bool = True, mirrors: Sequence[str] = VOC_MIRRORS, timeout: float = 60.0) -> Path:
     """Return ``root/VOCdevkit/VOC2012``, downloading and extracting VOC2012 only if it is not there yet.
 
-    ``root`` defaults to ``segbook.env.data_home() / "voc"``. ``url`` is tried
+    ``root`` defaults to ``segbook.settings.data_home() / "voc"``. ``url`` is tried
     first, then each of ``mirrors``. A ``VOCtrainval_11-May-2012.tar`` already in
     ``root`` (one fetched by hand) is checked and used instead of the network.
     The archive is removed after a successful extraction if this call fetched
@@ -145,11 +145,8 @@ def download_voc2012(root: os.PathLike | str | None = None, *, url: str = VOC_UR
         raise FileExistsError(f"{target} exists but is not a complete VOC2012 folder (no JPEGImages/, "
                               "SegmentationClass/ or ImageSets/Segmentation/train.txt). Delete it and call again.")
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(_PARTIAL_PREFIX + "*"):  # left by a run that was killed outright
-        shutil.rmtree(stale, ignore_errors=True)
-    for stale in root.glob(VOC_ARCHIVE_NAME + ".*.part"):
-        stale.unlink(missing_ok=True)
-
+    for stale in [*root.glob(_PARTIAL_PREFIX + "*"), *root.glob(VOC_ARCHIVE_NAME + ".*.part")]:  # a killed run's
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     by_hand = root / VOC_ARCHIVE_NAME
     if by_hand.is_file():
         found = file_md5(by_hand)
@@ -158,7 +155,6 @@ def download_voc2012(root: os.PathLike | str | None = None, *, url: str = VOC_UR
                                 f"trainval archive. Delete it and call download_voc2012() again.")
         _extract(by_hand, root, target, progress=progress)
         return target
-
     failures = []
     for source in dict.fromkeys([url, *mirrors]):  # in order, each once
         fd, name = tempfile.mkstemp(prefix=VOC_ARCHIVE_NAME + ".", suffix=".part", dir=root)

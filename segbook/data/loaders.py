@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .. import rehearsal
 from .voc import IGNORE_INDEX
 
 __all__ = ["PaddedBatch", "SeededItems", "SeededShuffle", "default_num_workers", "pad_collate",
@@ -23,7 +22,7 @@ class PaddedBatch(tuple):
     """``(images, masks)`` padded to a common size, with each image's own ``(H, W)`` in ``sizes``.
 
     It unpacks like the plain pair (``images, masks = batch``), so code that
-    only wants tensors is untouched, while :func:`segbook.evaluation.evaluate`
+    only wants tensors is untouched, while :func:`segbook.train.evaluate`
     reads ``sizes`` to cut the padding off and score each image alone: a score
     that does not depend on which images happened to share a batch.
     """
@@ -71,10 +70,8 @@ class SeededShuffle(Sampler):
     of worker processes (each item re-seeds torch's RNG with its own seed),
     provided the generator is the sampler's alone (see :func:`segmentation_loaders`).
 
-    Each epoch first draws one number it throws away. Until the DataLoader got
-    a generator of its own, it drew its workers' base seed from this one at the
-    start of each epoch; drawing it here keeps every run recorded before that
-    change (with no worker processes) batch for batch the same.
+    Each epoch first draws one number it does not use, so that the stored results, recorded when the
+    DataLoader drew its workers' seed from this generator, keep their batches.
     """
 
     def __init__(self, size: int, generator: torch.Generator) -> None:
@@ -82,7 +79,7 @@ class SeededShuffle(Sampler):
         self.generator = generator
 
     def __iter__(self):
-        torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # the draw described above
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # unused: see the docstring
         order = torch.randperm(self.size, generator=self.generator)  # (N,)
         seeds = torch.randint(0, 2 ** 62, (self.size,), generator=self.generator)  # (N,)
         return iter(zip(order.tolist(), seeds.tolist()))
@@ -130,7 +127,6 @@ def segmentation_loaders(train_set: Dataset, val_set: Dataset, batch_size: int, 
     later epoch by an amount that depends on the worker count, and a run
     resumed after a kill (a fresh iterator) would see other batches.
     """
-    batch_size = rehearsal.batch_size(batch_size)  # as given, unless a rehearsal caps it, loudly
     workers = default_num_workers() if num_workers is None else num_workers
     order = torch.Generator().manual_seed(seed)  # the order and every item's seed; torch's global RNG is not used
     common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)

@@ -28,102 +28,72 @@ asks of it, only smaller:
 """
 from __future__ import annotations
 
-import colorsys
-import json
 import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .voc import IGNORE_INDEX, TOY_MARKER, VOC_CLASSES, voc_palette
+from .synthetic import (CLUTTER_TEXTURES, border_band, box, capsule, checker, color_pair, dots, ellipse, fur,
+                        gradient, new_voc_folder, object_frame, panels, polygon, smooth_noise, stripes, toy_ids,
+                        write_sample, write_splits)
+from .voc import VOC_CLASSES
 
 TOY_VERSION = 2  # bump when the pictures change, so cached copies are not reused
 TOY_CLASSES = ("aeroplane", "bottle", "car", "cat", "person")  # the VOC classes that the toy set draws
 TOY_SIZE = (200, 50)  # (train, val) images by default: 25 batches of 8 an epoch, validation in seconds
-
-# --------------------------------------------------------------------------- shape primitives
-# Each takes object-frame coordinates (u, v) in units of the object's size and returns a bool (h, w) mask.
-def _ellipse(u, v, cu, cv, a, b):
-    return ((u - cu) / a) ** 2 + ((v - cv) / b) ** 2 <= 1.0
-
-
-def _box(u, v, u0, u1, v0, v1, r=0.0):
-    """An axis-aligned box in the object frame with corners rounded by radius ``r``."""
-    hu, hv = (u1 - u0) / 2, (v1 - v0) / 2
-    qu = np.maximum(np.abs(u - (u0 + u1) / 2) - hu + r, 0.0)
-    qv = np.maximum(np.abs(v - (v0 + v1) / 2) - hv + r, 0.0)
-    return qu ** 2 + qv ** 2 <= r ** 2 + 1e-9
-
-
-def _capsule(u, v, p0, p1, r):
-    """Points within ``r`` of the segment p0-p1: a limb, a tail, a line of clutter."""
-    du, dv = p1[0] - p0[0], p1[1] - p0[1]
-    t = np.clip(((u - p0[0]) * du + (v - p0[1]) * dv) / (du * du + dv * dv + 1e-12), 0.0, 1.0)
-    return (u - p0[0] - t * du) ** 2 + (v - p0[1] - t * dv) ** 2 <= r * r
-
-
-def _polygon(u, v, points):
-    """A convex polygon given counter- or clockwise: inside every edge's half-plane."""
-    signs = []
-    for (u0, v0), (u1, v1) in zip(points, points[1:] + points[:1]):
-        signs.append((u1 - u0) * (v - v0) - (v1 - v0) * (u - u0))
-    signs = np.stack(signs)  # (edges, h, w)
-    return (signs >= 0).all(0) | (signs <= 0).all(0)
-
 
 # --------------------------------------------------------------------------- the five shape families
 # Each returns (mask, dark): the object's pixels and an optional part drawn near-black (wheels).
 def _aeroplane(u, v, rng):
     sweep = rng.uniform(0.15, 0.45)
     span = rng.uniform(0.75, 1.0)
-    body = _ellipse(u, v, 0.0, 0.0, 1.0, rng.uniform(0.11, 0.16))
+    body = ellipse(u, v, 0.0, 0.0, 1.0, rng.uniform(0.11, 0.16))
     for side in (-1, 1):  # swept wings and tailplane, mirrored about the fuselage
-        body |= _polygon(u, v, [(0.3, 0.0), (0.3 - sweep - 0.25, side * span), (0.3 - sweep - 0.45, side * span),
+        body |= polygon(u, v, [(0.3, 0.0), (0.3 - sweep - 0.25, side * span), (0.3 - sweep - 0.45, side * span),
                                 (-0.2, 0.0)])
-        body |= _polygon(u, v, [(-0.7, 0.0), (-0.92, side * 0.35), (-1.0, side * 0.35), (-0.95, 0.0)])
+        body |= polygon(u, v, [(-0.7, 0.0), (-0.92, side * 0.35), (-1.0, side * 0.35), (-0.95, 0.0)])
     return body, None
 
 
 def _bottle(u, v, rng):
     w = rng.uniform(0.26, 0.38)
-    body = _box(u, v, -w, w, -0.25, 1.0, r=0.1)
-    body |= _ellipse(u, v, 0.0, -0.25, w, 0.22)  # shoulders
+    body = box(u, v, -w, w, -0.25, 1.0, r=0.1)
+    body |= ellipse(u, v, 0.0, -0.25, w, 0.22)  # shoulders
     neck = rng.uniform(0.08, 0.12)
-    body |= _box(u, v, -neck, neck, -0.8, -0.2)
-    body |= _box(u, v, -neck - 0.03, neck + 0.03, -0.95, -0.75, r=0.02)  # cap
+    body |= box(u, v, -neck, neck, -0.8, -0.2)
+    body |= box(u, v, -neck - 0.03, neck + 0.03, -0.95, -0.75, r=0.02)  # cap
     return body, None
 
 
 def _car(u, v, rng):
     roof = rng.uniform(0.3, 0.45)
-    body = _box(u, v, -1.0, 1.0, -0.05, 0.35, r=0.12)
-    body |= _polygon(u, v, [(-0.6, 0.0), (-0.3, -roof), (0.35, -roof), (0.65, 0.0)])  # cabin
-    wheels = _ellipse(u, v, -0.6, 0.38, 0.2, 0.2) | _ellipse(u, v, 0.6, 0.38, 0.2, 0.2)
+    body = box(u, v, -1.0, 1.0, -0.05, 0.35, r=0.12)
+    body |= polygon(u, v, [(-0.6, 0.0), (-0.3, -roof), (0.35, -roof), (0.65, 0.0)])  # cabin
+    wheels = ellipse(u, v, -0.6, 0.38, 0.2, 0.2) | ellipse(u, v, 0.6, 0.38, 0.2, 0.2)
     return body | wheels, wheels
 
 
 def _cat(u, v, rng):
-    body = _ellipse(u, v, 0.15, 0.15, 0.7, rng.uniform(0.3, 0.4))
+    body = ellipse(u, v, 0.15, 0.15, 0.7, rng.uniform(0.3, 0.4))
     hu, hv, hr = -0.65, -0.3, rng.uniform(0.25, 0.32)
-    body |= _ellipse(u, v, hu, hv, hr, hr)
+    body |= ellipse(u, v, hu, hv, hr, hr)
     for du in (-0.6, 0.6):  # two pointed ears on top of the head
         base = hu + du * hr
-        body |= _polygon(u, v, [(base - 0.14, hv - 0.6 * hr), (base + 0.02 * np.sign(du), hv - 1.75 * hr),
+        body |= polygon(u, v, [(base - 0.14, hv - 0.6 * hr), (base + 0.02 * np.sign(du), hv - 1.75 * hr),
                                 (base + 0.14, hv - 0.6 * hr)])
     tail_end = (rng.uniform(0.95, 1.1), rng.uniform(-0.6, 0.2))
-    body |= _capsule(u, v, (0.75, 0.1), tail_end, 0.07)
+    body |= capsule(u, v, (0.75, 0.1), tail_end, 0.07)
     return body, None
 
 
 def _person(u, v, rng):
-    body = _ellipse(u, v, 0.0, -0.8, 0.17, 0.19)  # head
-    body |= _capsule(u, v, (0.0, -0.5), (0.0, 0.1), 0.2)  # torso
+    body = ellipse(u, v, 0.0, -0.8, 0.17, 0.19)  # head
+    body |= capsule(u, v, (0.0, -0.5), (0.0, 0.1), 0.2)  # torso
     for side in (-1, 1):
         angle = rng.uniform(0.1, 1.4)  # arm raised from hanging (0) towards horizontal
         hand = (side * (0.16 + 0.55 * np.sin(angle)), -0.45 + 0.55 * np.cos(angle))
-        body |= _capsule(u, v, (side * 0.16, -0.45), hand, 0.07)
-        body |= _capsule(u, v, (side * 0.1, 0.1), (side * rng.uniform(0.12, 0.35), 0.95), 0.09)  # leg
+        body |= capsule(u, v, (side * 0.16, -0.45), hand, 0.07)
+        body |= capsule(u, v, (side * 0.1, 0.1), (side * rng.uniform(0.12, 0.35), 0.95), 0.09)  # leg
     return body, None
 
 
@@ -137,107 +107,33 @@ _FAMILIES = {
 }
 
 
-# --------------------------------------------------------------------------- texture families
-# Each maps pixel-frame coordinates (x, y, in pixels along the object's axes) to a mix t in [0, 1] between
-# the object's two colours. Periods are in pixels, so a small object shows the same texture as a large one.
-def _gradient(x, y, rng):
-    phi = rng.uniform(0, 2 * np.pi)
-    ramp = x * np.cos(phi) + y * np.sin(phi)
-    return (ramp - ramp.min()) / (np.ptp(ramp) + 1e-6)
-
-
-def _stripes(x, y, rng):
-    period = rng.uniform(5.0, 9.0)
-    return 0.5 + 0.5 * np.sin(2 * np.pi * y / period + rng.uniform(0, 2 * np.pi))
-
-
-def _checker(x, y, rng):
-    period = rng.uniform(4.0, 7.0)
-    return ((np.floor(x / period) + np.floor(y / period)) % 2).astype(np.float32)
-
-
-def _fur(x, y, rng):
-    """Speckle: a random value per cell of 2-3 pixels (finer noise would not survive JPEG)."""
-    cell = rng.uniform(2.0, 3.0)
-    table = rng.uniform(0.0, 1.0, size=(61, 59)).astype(np.float32)  # prime sides: no visible repeat
-    return table[np.floor(x / cell).astype(np.int64) % 61, np.floor(y / cell).astype(np.int64) % 59]
-
-
-def _panels(x, y, rng):
-    """Panel lines: a grid of thin lines, like the seams of a metal skin."""
-    period = rng.uniform(6.0, 9.0)
-    return ((np.mod(x, period) < 1.6) | (np.mod(y, period) < 1.6)).astype(np.float32)
-
-
-def _dots(x, y, rng):
-    period = rng.uniform(5.0, 8.0)
-    fx, fy = x / period - np.round(x / period), y / period - np.round(y / period)
-    return (fx * fx + fy * fy <= 0.3 ** 2).astype(np.float32)
-
-
-_TEXTURES = {"aeroplane": _panels, "bottle": _stripes, "car": _checker, "cat": _fur, "person": _dots}
-_CLUTTER_TEXTURES = (_panels, _stripes, _checker, _fur, _dots)
-
+_TEXTURES = {"aeroplane": panels, "bottle": stripes, "car": checker, "cat": fur, "person": dots}  # one per class
 
 # --------------------------------------------------------------------------- drawing one picture
-def _color_pair(rng, hue, contrast):
-    """A texture's ink and paper: two colours of about the same ``hue`` (0..1), ``contrast`` (0..1) apart in value."""
-    saturation, value = rng.uniform(0.35, 1.0), rng.uniform(0.45, 1.0)
-    other = value - contrast if value - contrast >= 0.1 else value + contrast
-    first = colorsys.hsv_to_rgb(hue % 1.0, saturation, value)
-    second = colorsys.hsv_to_rgb((hue + rng.uniform(-0.05, 0.05)) % 1.0, saturation, min(max(other, 0.05), 1.0))
-    return np.float32(first) * 255, np.float32(second) * 255
-
-
-def _frame(height, width, cx, cy, size, angle, aspect, mirror, reach):
-    """Object-frame coordinates on the part of the image the object can reach; None when off-image.
-
-    Returns the image slice and (u, v) in units of ``size``, and (x, y) in pixels along the object's axes.
-    """
-    r = reach * size * max(aspect, 1 / aspect)
-    y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 2, height)
-    x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 2, width)
-    if y0 >= y1 or x0 >= x1:
-        return None
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)  # (h, w) each
-    dx, dy = xx - cx, yy - cy
-    c, s = np.cos(angle), np.sin(angle)
-    x = (c * dx + s * dy) * mirror  # (h, w) pixels along the object's own axes
-    y = -s * dx + c * dy
-    u, v = x / (size * aspect), y / (size / aspect)
-    return (slice(y0, y1), slice(x0, x1)), (u, v), (x, y)
-
-
-def _smooth_noise(rng, height, width, cells, amplitude):
-    """Low-frequency colour noise: a few random values per side, upsampled bicubically."""
-    small = rng.uniform(-amplitude, amplitude, size=(cells, cells, 3)).astype(np.float32)
-    channels = [np.asarray(Image.fromarray(small[..., c]).resize((width, height), Image.BICUBIC))
-                for c in range(3)]
-    return np.stack(channels, axis=-1)  # (H, W, 3)
 
 
 def _background(rng, height, width, clutter):
     """Gradient plus low-frequency noise, then 0..``clutter`` pieces of clutter that stay labelled background."""
-    base, other = _color_pair(rng, rng.uniform(0, 1), contrast=rng.uniform(0.1, 0.4))
+    base, other = color_pair(rng, rng.uniform(0, 1), contrast=rng.uniform(0.1, 0.4))
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    t = _gradient(xx, yy, rng)[..., None]  # (H, W, 1)
-    image = base * (1 - t) + other * t + _smooth_noise(rng, height, width, int(rng.integers(3, 7)), 40)
+    t = gradient(xx, yy, rng)[..., None]  # (H, W, 1)
+    image = base * (1 - t) + other * t + smooth_noise(rng, height, width, int(rng.integers(3, 7)), 40)
     for _ in range(int(rng.integers(0, clutter + 1))):
         cx, cy = rng.uniform(0, width), rng.uniform(0, height)
         size = rng.uniform(6, 0.35 * min(height, width))
-        frame = _frame(height, width, cx, cy, size, rng.uniform(0, np.pi), rng.uniform(0.6, 1.6), 1, 1.5)
+        frame = object_frame(height, width, cx, cy, size, rng.uniform(0, np.pi), rng.uniform(0.6, 1.6), 1, 1.5)
         if frame is None:
             continue
         where, (u, v), (x, y) = frame
         kind = rng.integers(0, 3)
         if kind == 0:
-            mask = _box(u, v, -1, 1, -rng.uniform(0.2, 1.0), rng.uniform(0.2, 1.0), r=rng.uniform(0, 0.3))
+            mask = box(u, v, -1, 1, -rng.uniform(0.2, 1.0), rng.uniform(0.2, 1.0), r=rng.uniform(0, 0.3))
         elif kind == 1:
-            mask = _ellipse(u, v, 0, 0, 1, rng.uniform(0.3, 1.0))
+            mask = ellipse(u, v, 0, 0, 1, rng.uniform(0.3, 1.0))
         else:
-            mask = _capsule(u, v, (-1.2, 0), (1.2, 0), rng.uniform(0.04, 0.12))
-        c0, c1 = _color_pair(rng, rng.uniform(0, 1), contrast=rng.uniform(0.1, 0.5))
-        tex = _CLUTTER_TEXTURES[rng.integers(len(_CLUTTER_TEXTURES))](x, y, rng) if rng.random() < 0.25 else 0.0
+            mask = capsule(u, v, (-1.2, 0), (1.2, 0), rng.uniform(0.04, 0.12))
+        c0, c1 = color_pair(rng, rng.uniform(0, 1), contrast=rng.uniform(0.1, 0.5))
+        tex = CLUTTER_TEXTURES[rng.integers(len(CLUTTER_TEXTURES))](x, y, rng) if rng.random() < 0.25 else 0.0
         tex = np.broadcast_to(np.asarray(tex, dtype=np.float32), mask.shape)[..., None]
         patch = image[where]
         patch[mask] = (c0 * (1 - tex) + c1 * tex)[mask]
@@ -252,7 +148,7 @@ def _draw_object(rng, image, label, class_name, area_range, hue_spread):
     size = np.sqrt(area / unit_area)
     cx, cy = rng.uniform(0.05, 0.95) * width, rng.uniform(0.05, 0.95) * height
     angle = np.deg2rad(rng.uniform(-max_rotation, max_rotation))
-    frame = _frame(height, width, cx, cy, size, angle, rng.uniform(0.8, 1.25), rng.choice([-1, 1]), 1.3)
+    frame = object_frame(height, width, cx, cy, size, angle, rng.uniform(0.8, 1.25), rng.choice([-1, 1]), 1.3)
     if frame is None:
         return False
     where, (u, v), (x, y) = frame
@@ -260,30 +156,16 @@ def _draw_object(rng, image, label, class_name, area_range, hue_spread):
     if mask.sum() < 60:
         return False
     hue = TOY_CLASSES.index(class_name) / len(TOY_CLASSES) + rng.uniform(-0.5, 0.5) * hue_spread / 360
-    c0, c1 = _color_pair(rng, hue, contrast=rng.uniform(0.35, 0.65))
+    c0, c1 = color_pair(rng, hue, contrast=rng.uniform(0.35, 0.65))
     t = _TEXTURES[class_name](x, y, rng)[..., None]  # (h, w, 1)
     colour = c0 * (1 - t) + c1 * t  # (h, w, 3)
-    shade = 1.0 + 0.15 * (_gradient(x, y, rng) - 0.5)[..., None]  # soft light across the object
+    shade = 1.0 + 0.15 * (gradient(x, y, rng) - 0.5)[..., None]  # soft light across the object
     colour = colour * shade
     if dark is not None:
         colour[dark] = rng.uniform(10, 50)
     image[where][mask] = colour[mask]
     label[where][mask] = VOC_CLASSES.index(class_name)
     return True
-
-
-def _border_band(label, border):
-    """255 on every pixel within ``border`` pixels of a change of class (VOC's "difficult" outline band)."""
-    padded = np.pad(label, border, mode="edge")
-    height, width = label.shape
-    band = np.zeros(label.shape, dtype=bool)
-    for dy in range(-border, border + 1):
-        for dx in range(-border, border + 1):
-            if dy * dy + dx * dx <= border * border:
-                band |= padded[border + dy:border + dy + height, border + dx:border + dx + width] != label
-    out = label.copy()
-    out[band] = IGNORE_INDEX
-    return out
 
 
 def _image_size(rng, side_range):
@@ -307,13 +189,10 @@ def _toy_sample(rng, side_range, area_range, border, noise, clutter, hue_spread)
         if drawn == count:
             break
     image = image + rng.normal(0.0, noise, size=image.shape)  # sensor noise
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), _border_band(label, border)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), border_band(label, border)
 
 
 # --------------------------------------------------------------------------- the public entry point
-def toy_ids(count: int) -> list[str]:
-    """VOC-style ids (``2007_000032``): a year between 2007 and 2012 and a six-digit number, sorted."""
-    return [f"{2007 + i * 6 // max(count, 1)}_{32 + 7 * i:06d}" for i in range(count)]
 
 
 def make_toy_voc(root: os.PathLike | str, *, num_train: int = TOY_SIZE[0], num_val: int = TOY_SIZE[1],
@@ -338,30 +217,17 @@ def make_toy_voc(root: os.PathLike | str, *, num_train: int = TOY_SIZE[0], num_v
     carries no hint at all). The folder is refused if it already holds files:
     a toy set never mixes with a real one.
     """
-    voc = Path(root).expanduser() / "VOCdevkit" / "VOC2012"
-    if voc.exists() and any(voc.iterdir()):
-        raise FileExistsError(f"{voc} already holds files; make_toy_voc writes only into an empty folder. "
-                              "Delete it, or pass another root.")
     if num_train < 1 or num_val < 1:
         raise ValueError(f"num_train={num_train} and num_val={num_val}: both splits need at least one image.")
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (voc / sub).mkdir(parents=True, exist_ok=True)
+    voc = new_voc_folder(root, "make_toy_voc")
     rng = np.random.default_rng(seed)
     ids = toy_ids(num_train + num_val)
-    palette = voc_palette()
     for image_id in ids:
         image, label = _toy_sample(rng, side_range, area_range, border, noise, clutter, hue_spread)
-        Image.fromarray(image).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=jpeg_quality)
-        png = Image.fromarray(label)  # mode "L"; the palette turns it into VOC's mode "P"
-        png.putpalette(palette)
-        png.save(voc / "SegmentationClass" / f"{image_id}.png")
+        write_sample(voc, image_id, image, label, quality=jpeg_quality)
     order = rng.permutation(len(ids))
     splits = {"train": sorted(ids[i] for i in order[:num_train]), "val": sorted(ids[i] for i in order[num_train:])}
-    splits["trainval"] = sorted(ids)
-    for split, names in splits.items():
-        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in names))
-    settings = dict(version=TOY_VERSION, seed=seed, num_train=num_train, num_val=num_val, classes=TOY_CLASSES,
-                    side_range=side_range, area_range=area_range, border=border, noise=noise, clutter=clutter,
-                    hue_spread=hue_spread, jpeg_quality=jpeg_quality)
-    (voc / TOY_MARKER).write_text(json.dumps(settings, indent=1) + "\n")
+    write_splits(voc, splits, dict(version=TOY_VERSION, seed=seed, num_train=num_train, num_val=num_val,
+                                   classes=TOY_CLASSES, side_range=side_range, area_range=area_range, border=border,
+                                   noise=noise, clutter=clutter, hue_spread=hue_spread, jpeg_quality=jpeg_quality))
     return voc

@@ -11,7 +11,7 @@ it treats a ``Mask`` as class ids, not colours:
 * padding fills the mask with 255 ("ignore"), so padded pixels are never
   trained on as background; the image is padded after normalisation, with 0,
   i.e. ImageNet's mean colour: the same fill as the sliding windows of
-  :func:`segbook.inference.predict` and the padded validation batches of
+  :func:`segbook.train.predict` and the padded validation batches of
   :func:`segbook.data.pad_collate`, so the network meets one kind of padding;
 * ``ToDtype(..., scale=True)`` and ``Normalize`` touch the image only.
 

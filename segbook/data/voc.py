@@ -49,7 +49,7 @@ def voc_palette() -> list[int]:
 
 
 # --------------------------------------------------------------------------- reading files
-_HOW_TO_GET_VOC = (
+HOW_TO_GET_VOC = (
     "Get VOC2012 with segbook.data.download_voc2012() (about 2 GB), or point SEGBOOK_VOC_ROOT at a copy you "
     "already have, or use the offline toy set: segbook.data.get_voc_dir('toy')."
 )
@@ -132,7 +132,7 @@ def read_image(path: os.PathLike | str) -> torch.Tensor:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: image not found. {_HOW_TO_GET_VOC}")
+        raise FileNotFoundError(f"{path}: image not found. {HOW_TO_GET_VOC}")
     try:
         with Image.open(path) as img:
             rgb = np.asarray(img.convert("RGB"))  # (H, W, 3) uint8
@@ -154,7 +154,7 @@ def read_label(path: os.PathLike | str) -> torch.Tensor:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: label not found. {_HOW_TO_GET_VOC}")
+        raise FileNotFoundError(f"{path}: label not found. {HOW_TO_GET_VOC}")
     try:
         with Image.open(path) as img:
             mode = img.mode
@@ -223,7 +223,7 @@ class VOCSegmentation(Dataset):
             hint = f" It looks like you passed the archive's root: use {inner} instead." if inner else ""
             raise FileNotFoundError(
                 f"{self.voc_dir} is not a VOC2012 folder (missing {', '.join(missing)}). Expected the folder that "
-                f"holds {_VOC_LAYOUT}.{hint} {_HOW_TO_GET_VOC}")
+                f"holds {_VOC_LAYOUT}.{hint} {HOW_TO_GET_VOC}")
         self.split_file = self.voc_dir / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not self.split_file.is_file():
             available = sorted(p.stem for p in self.split_file.parent.glob("*.txt"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from segbook.models.registry import MODELS, build_model, register_model
 from segbook.models.backbones import ResNetBackbone
-from segbook.models.base import FCNHead, SegmentationModel
+from segbook.models.base import FCNHead, SegmentationModel, Segmenter, model_loss, segmentation_loss
 from segbook.models.fcn import FCN
 from segbook.models.pspnet import PSPNet, PyramidPoolingModule
 from segbook.models.ccnet import CCNet, CrissCrossAttention
@@ -23,5 +23,5 @@ from segbook.models.mit import MixTransformer
 from segbook.models.segformer import SegFormer
 
 __all__ = ["CCNet", "CrissCrossAttention", "DeepLabV3Plus", "FCN", "FCNHead", "MODELS", "MixTransformer", "PSPNet",
-           "PointRend", "PyramidPoolingModule", "ResNetBackbone", "SegFormer", "SegmentationModel", "build_model",
-           "register_model"]
+           "PointRend", "PyramidPoolingModule", "ResNetBackbone", "SegFormer", "SegmentationModel", "Segmenter",
+           "build_model", "model_loss", "register_model", "segmentation_loss"]

@@ -11,16 +11,16 @@ field, a denser grid.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from urllib.error import URLError
 
-import torch
 from torch import Tensor, nn
 from torchvision import models
 from torchvision.models.resnet import ResNet
 
-__all__ = ["RESNETS", "STAGES", "ResNetBackbone", "dilate_resnet_", "load_resnet_state_dict_"]
+from .weights import fetch_pretrained, load_strict_
+
+__all__ = ["RESNETS", "STAGES", "ResNetBackbone", "dilate_resnet_"]
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -93,33 +93,6 @@ def dilate_resnet_(model: ResNet, replace_stride_with_dilation: Sequence[bool]) 
     return model
 
 
-def load_resnet_state_dict_(module: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> nn.Module:
-    """Load a torchvision ResNet state dict into ``module``, dropping ``fc.*``; strict otherwise.
-
-    ``source`` names where the weights came from, so a mismatch says which file
-    is wrong. BatchNorm's ``num_batches_tracked`` counters may be missing (older
-    checkpoints lack them); every other missing, unexpected or reshaped key is an
-    error, since a half-loaded backbone trains but quietly underperforms.
-    """
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-    own = module.state_dict()
-    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in own]
-    reshaped = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items()
-                if k in own and v.shape != own[k].shape]
-    if missing or unexpected or reshaped:
-        def first(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
-        problems = [f"{label}: {first(keys)}" for label, keys in
-                    (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", reshaped))
-                    if keys]
-        raise ValueError(f"{source} does not hold the weights this backbone expects ({'; '.join(problems)}). "
-                         "Save a matching torchvision ResNet with torch.save(model.state_dict(), path), "
-                         "and build the backbone with the same name.")
-    module.load_state_dict(state_dict, strict=False)  # only num_batches_tracked can be absent here
-    return module
-
-
 class ResNetBackbone(nn.Module):
     """A torchvision ResNet without ``avgpool``/``fc`` whose forward returns its four stages by name.
 
@@ -161,38 +134,12 @@ class ResNetBackbone(nn.Module):
         self._load_pretrained(pretrained, weights, progress)
 
     def _load_pretrained(self, pretrained: bool | str | Path, weights: models.WeightsEnum, progress: bool) -> None:
-        if pretrained is False or pretrained is None:
-            return
-        if isinstance(pretrained, (str, Path)) and pretrained != "auto":
-            path = Path(pretrained).expanduser()
-            if not path.is_file():
-                raise FileNotFoundError(f"pretrained={str(pretrained)!r}: no such file. Pass the path of a "
-                                        f"saved {self.name} state dict, or pretrained=False for random init.")
-            try:
-                state_dict = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # a truncated or foreign file: unpickling fails in many ways
-                raise ValueError(f"{path} could not be read as a PyTorch state dict ({type(err).__name__}: {err}). "
-                                 "Re-save it with torch.save(model.state_dict(), path).") from err
-            if not isinstance(state_dict, Mapping):
-                raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state dict; "
-                                 "save model.state_dict(), not the model.")
-            load_resnet_state_dict_(self, state_dict, str(path))
-            return
-        if pretrained not in (True, "auto"):
-            raise ValueError(f"pretrained must be False, True, 'auto' or a path, got {pretrained!r}.")
-        try:
-            state_dict = weights.get_state_dict(progress=progress)
-        except (URLError, OSError, RuntimeError) as err:
-            if pretrained == "auto":
-                print(f"ImageNet weights for {self.name} are unavailable ({type(err).__name__}; "
-                      "pretrained=True shows why); starting from random init.")
-                return
-            raise RuntimeError(
-                f"could not get the ImageNet weights for {self.name} from {weights.url} "
-                f"({type(err).__name__}: {err}). Connect to the internet, or download that file and pass "
-                f"pretrained='path/to/{weights.url.rsplit('/', 1)[-1]}', or use pretrained='auto' "
-                "to fall back to random init.") from err
-        load_resnet_state_dict_(self, state_dict, weights.url)
+        found = fetch_pretrained(pretrained, what=self.name, url=weights.url,
+                                 download=lambda: weights.get_state_dict(progress=progress))
+        if found is not None:
+            state_dict, source = found
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}  # the classifier
+            load_strict_(self, state_dict, source, f"a {self.name} backbone")
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)

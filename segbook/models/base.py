@@ -1,22 +1,116 @@
-"""One way to put a segmentation model together: backbone, head, optional auxiliary head.
+"""What every segbook model is: the output contract, its own loss, and backbone + head + auxiliary head.
 
-Every model from PSPNet on is the same three parts, as in torchvision's
+Every model keeps one contract, which the tests, ``fit``, ``evaluate`` and
+``predict`` rely on: ``forward(images)`` returns a dict whose ``"out"`` holds
+logits (B, K, H, W) at the input's own size, plus ``"aux"`` in training mode
+when it has an auxiliary head. Every model also knows its own loss
+(:meth:`Segmenter.loss`): pixel-wise cross entropy by default, PointRend's point
+loss for PointRend. A loss that a caller must remember to pick would, when
+forgotten, not crash but train worse, so it lives with the model.
+
+Most models from PSPNet on are the same three parts, as in torchvision's
 ``_SimpleSegmentationModel``: a backbone that returns its stages by name, a head
 that turns them into class scores, and (for training only) an auxiliary head
 on an earlier stage whose loss helps the gradient reach the middle of a deep
-backbone (Zhao et al., 2017). Writing the wiring once means a chapter's model is
-just its head, and every model keeps the contract the tests and ``fit`` rely on:
-``forward(images)`` returns ``{"out": (B, K, H, W)}`` at the input's own size,
-plus ``"aux"`` in training mode.
+backbone (Zhao et al., 2017): :class:`SegmentationModel`.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FCNHead", "SegmentationModel", "resize_to"]
+from segbook.data.voc import IGNORE_INDEX
+
+__all__ = ["DEFAULT_AUX_WEIGHTS", "FCNHead", "LossFn", "SegmentationModel", "Segmenter", "as_outputs", "model_loss",
+           "resize_to", "segmentation_loss", "unwrap"]
+
+DEFAULT_AUX_WEIGHTS = {"aux": 0.4}  # PSPNet's auxiliary head weight (Zhao et al., 2017)
+
+LossFn = Callable[[Mapping[str, Tensor], Tensor], "Tensor | tuple[Tensor, dict[str, Tensor]]"]
+
+
+def as_outputs(outputs: Mapping[str, Tensor] | Tensor) -> Mapping[str, Tensor]:
+    """A model's outputs as the contract's dict; a bare tensor of logits (a hand-built model's) is taken as ``"out"``."""
+    if isinstance(outputs, Tensor):
+        return {"out": outputs}
+    if "out" not in outputs:
+        raise KeyError(f"the model's outputs have no 'out' logits (keys: {sorted(outputs)}); "
+                       "segbook models return a dict with 'out' of shape (B, K, H, W).")
+    return outputs
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a (Distributed)DataParallel wrapper: the one whose state dict and loss are the model's."""
+    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
+
+
+def _pixel_ce(logits: Tensor, target: Tensor, ignore_index: int, name: str) -> Tensor:
+    """Mean cross entropy over the pixels that are not ``ignore_index``.
+
+    ``F.cross_entropy(..., ignore_index=...)`` averages over the counted pixels
+    already, but returns NaN (0/0) for a batch whose every pixel is ignored; a
+    sum divided by a count clamped at 1 gives 0 there instead, so such a batch
+    cannot pass for a diverged run.
+    """
+    if logits.shape[-2:] != target.shape[-2:] or logits.shape[0] != target.shape[0]:
+        raise ValueError(f"outputs[{name!r}] has shape {tuple(logits.shape)} but the target has {tuple(target.shape)}; "
+                         "logits must be (B, K, H, W) at the target's own H and W (upsample them in the model).")
+    total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")  # () over counted pixels
+    counted = (target != ignore_index).sum().clamp_min(1)  # ()
+    return total / counted
+
+
+def segmentation_loss(outputs: Mapping[str, Tensor] | Tensor, target: Tensor, *,
+                      aux_weights: Mapping[str, float] | None = None,
+                      ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, dict[str, Tensor]]:
+    """Pixel-wise cross entropy on ``outputs["out"]`` plus weighted cross entropy on auxiliary logits.
+
+    ``target`` is ``(B, H, W)`` int64 with ``ignore_index`` on pixels that must
+    not count (VOC's object borders, the padding of a crop). ``aux_weights``
+    maps an extra key of ``outputs`` to its weight; by default ``{"aux": 0.4}``
+    as in PSPNet. A weighted key the outputs lack is skipped: models drop their
+    auxiliary heads in ``eval()`` mode, so the same loss serves validation.
+    Keys that are not named (PointRend's point logits) are left to their own loss.
+
+    Returns the total (for ``backward``) and the unweighted loss of each head,
+    detached, for logging: ``{"out": ..., "aux": ...}``.
+    """
+    outputs = as_outputs(outputs)
+    main = _pixel_ce(outputs["out"], target, ignore_index, "out")
+    total, parts = main, {"out": main.detach()}
+    for key, weight in (DEFAULT_AUX_WEIGHTS if aux_weights is None else aux_weights).items():
+        if key == "out" or key not in outputs:
+            continue
+        aux = _pixel_ce(outputs[key], target, ignore_index, key)
+        total = total + weight * aux
+        parts[key] = aux.detach()
+    return total, parts
+
+
+class Segmenter(nn.Module):
+    """A segbook model: ``forward`` keeps the output contract, :meth:`loss` is what it trains with."""
+
+    def loss(self, outputs: Mapping[str, Tensor], target: Tensor, *, aux_weights: Mapping[str, float] | None = None,
+             ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss this model trains with: :func:`segmentation_loss`, unless the model says otherwise."""
+        return segmentation_loss(outputs, target, aux_weights=aux_weights, ignore_index=ignore_index)
+
+
+def model_loss(model: nn.Module, aux_weights: Mapping[str, float] | None = None,
+               ignore_index: int = IGNORE_INDEX) -> LossFn:
+    """``loss_fn(outputs, target)`` for ``model``: its own :meth:`Segmenter.loss`, or the plain one for any other module.
+
+    One path for every model, so that no caller (``fit``, ``evaluate``, the
+    command line) can forget a model's own loss: PointRend trained with the
+    plain loss gives its point head no gradient at all, and under DDP stops at
+    the second step, waiting for gradients that never come.
+    """
+    model = unwrap(model)
+    loss = model.loss if isinstance(model, Segmenter) else segmentation_loss
+    return partial(loss, aux_weights=aux_weights, ignore_index=ignore_index)
 
 
 def resize_to(logits: Tensor, size: tuple[int, int]) -> Tensor:
@@ -44,7 +138,7 @@ class FCNHead(nn.Sequential):
         )
 
 
-class SegmentationModel(nn.Module):
+class SegmentationModel(Segmenter):
     """``backbone`` -> ``head`` -> logits at the input size; ``aux_head`` on ``aux_stage`` when training.
 
     Args:

@@ -30,14 +30,15 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.error import URLError
 
 import torch
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
+from .weights import fetch_pretrained, load_strict_
+
 __all__ = ["MIT_CONFIGS", "MIT_URLS", "EfficientSelfAttention", "MiTBlock", "MixFFN", "MixTransformer",
-           "OverlapPatchEmbed", "convert_segformer_state_dict", "init_weights_", "load_weights_file"]
+           "OverlapPatchEmbed", "convert_segformer_state_dict", "init_weights_"]
 
 # variant -> widths, blocks per stage, heads, key/value reduction ratios (SegFormer, Table 6)
 MIT_CONFIGS = {
@@ -237,31 +238,14 @@ class MixTransformer(nn.Module):
         return features
 
     def _load_pretrained(self, pretrained: bool | str | Path, progress: bool) -> None:
-        if pretrained is False or pretrained is None:
-            return
         url = MIT_URLS[self.variant]
-        if isinstance(pretrained, (str, Path)) and pretrained != "auto":
-            source, state_dict = str(pretrained), load_weights_file(pretrained)
-        elif pretrained in (True, "auto"):
-            source = url
-            try:
-                state_dict = torch.hub.load_state_dict_from_url(
-                    url, map_location="cpu", progress=progress, weights_only=True,
-                    file_name=f"nvidia_{self.variant.replace('_', '-')}.bin")
-            except (URLError, OSError, RuntimeError) as err:
-                if pretrained == "auto":
-                    print(f"ImageNet weights for {self.variant} are unavailable ({type(err).__name__}; "
-                          "pretrained=True shows why); starting from random init.")
-                    return
-                raise RuntimeError(f"could not get the ImageNet weights for {self.variant} from {url} "
-                                   f"({type(err).__name__}: {err}). Connect to the internet, or download that "
-                                   "file and pass its path, or use pretrained='auto' to fall back to random "
-                                   "init.") from err
-        else:
-            raise ValueError(f"pretrained must be False, True, 'auto' or a path, got {pretrained!r}.")
-        mapped = convert_segformer_state_dict(state_dict)
-        encoder = {k.removeprefix("backbone."): v for k, v in mapped.items() if k.startswith("backbone.")}
-        load_strict_(self, encoder, source, what=f"a {self.variant} encoder")
+        found = fetch_pretrained(pretrained, what=self.variant, url=url, download=lambda: torch.hub.load_state_dict_from_url(
+            url, map_location="cpu", progress=progress, weights_only=True,
+            file_name=f"nvidia_{self.variant.replace('_', '-')}.bin"))
+        if found is not None:
+            mapped = convert_segformer_state_dict(found[0])
+            encoder = {k.removeprefix("backbone."): v for k, v in mapped.items() if k.startswith("backbone.")}
+            load_strict_(self, encoder, found[1], f"a {self.variant} encoder")
 
 
 # Published names -> segbook's. Two generations of names: the checkpoints on the hub (written by
@@ -312,41 +296,3 @@ def convert_segformer_state_dict(theirs: Mapping[str, Tensor]) -> dict[str, Tens
             value = value[:, :, None, None]                                # (C', C) -> (C', C, 1, 1)
         ours[new] = value
     return ours
-
-
-def load_weights_file(path: str | Path) -> Mapping[str, Tensor]:
-    """A state dict from ``path``: ``.safetensors`` (needs the ``safetensors`` package) or a ``torch.save`` file."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained={str(path)!r}: no such file. Pass the path of a downloaded "
-                                "checkpoint (e.g. nvidia/mit-b0's pytorch_model.bin), or pretrained=False.")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file  # optional: only for .safetensors files
-            state_dict = load_file(str(path))
-        else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except ImportError as err:
-        raise ImportError(f"{path} is a .safetensors file; pip install safetensors to read it.") from err
-    except Exception as err:  # a truncated or foreign file: unpickling fails in many ways
-        raise ValueError(f"{path} could not be read as a state dict ({type(err).__name__}: {err}).") from err
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state dict.")
-    return state_dict
-
-
-def load_strict_(module: nn.Module, state_dict: Mapping[str, Tensor], source: str, what: str) -> nn.Module:
-    """``module.load_state_dict`` that names (up to five of) the missing, unexpected and reshaped keys."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in own]
-    reshaped = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items()
-                if k in own and v.shape != own[k].shape]
-    problems = [f"{label}: {', '.join(keys[:5])}" + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
-                for label, keys in (("missing", missing), ("unexpected", unexpected), ("reshaped", reshaped))
-                if keys]
-    if problems:
-        raise ValueError(f"{source} does not hold the weights of {what} ({'; '.join(problems)}). "
-                         "Check that the checkpoint is of the same variant.")
-    module.load_state_dict(state_dict, strict=False)  # only num_batches_tracked can be absent here
-    return module

@@ -38,9 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segbook.data.voc import IGNORE_INDEX
-from segbook.losses import segmentation_loss
 from segbook.models.registry import register_model
-from segbook.models.base import resize_to
+from segbook.models.base import Segmenter, resize_to, segmentation_loss
 from segbook.models.deeplab import DeepLabV3Plus
 
 __all__ = ["PointHead", "PointRend", "calculate_uncertainty", "dense_point_inference",
@@ -289,7 +288,7 @@ def dense_point_inference(coarse_logits: Tensor, fine_features: Tensor, point_he
 
 
 @register_model("pointrend")
-class PointRend(nn.Module):
+class PointRend(Segmenter):
     """A coarse segmenter (DeepLabV3+) refined at uncertain points by a :class:`PointHead`.
 
     Args:
@@ -311,13 +310,12 @@ class PointRend(nn.Module):
     ``forward(images)`` in training returns ``"out"`` (the coarse logits resized to
     (H, W)), ``"point_logits"`` (B, K, P), ``"point_coords"`` (B, P, 2) and ``"aux"``
     with an auxiliary head; ``fit`` and the command line train it with :func:`point_loss`,
-    its ``criterion`` (see :func:`segbook.losses.model_loss`). In eval it
+    its :meth:`loss` (see :func:`segbook.models.base.model_loss`). In eval it
     returns ``"out"`` from :func:`subdivision_inference`, and with
     ``return_steps=True`` also ``"coarse"`` (B, K, h, w) and ``"steps"``.
     """
 
-    @staticmethod
-    def criterion(outputs: Mapping[str, Tensor], target: Tensor, **kwargs) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, outputs: Mapping[str, Tensor], target: Tensor, **kwargs) -> tuple[Tensor, dict[str, Tensor]]:
         """:func:`point_loss`: without its point term the point head would learn nothing."""
         return point_loss(outputs, target, **kwargs)
 
@@ -368,7 +366,7 @@ class PointRend(nn.Module):
 def point_loss(outputs: Mapping[str, Tensor], target: Tensor, *, point_weight: float = 1.0,
                aux_weights: Mapping[str, float] | None = None,
                ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, dict[str, Tensor]]:
-    """:func:`segbook.losses.segmentation_loss` on ``"out"`` (and ``"aux"``) plus the point loss.
+    """:func:`segbook.models.base.segmentation_loss` on ``"out"`` (and ``"aux"``) plus the point loss.
 
     The label is read at ``outputs["point_coords"]`` with ``mode="nearest"`` (a class
     id must not be interpolated: halfway between 3 and 15 is not class 9), and

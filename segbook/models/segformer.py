@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from segbook.models.registry import register_model
 from segbook.models.base import SegmentationModel, resize_to
-from segbook.models.mit import MIT_CONFIGS, MixTransformer, convert_segformer_state_dict, load_strict_
+from segbook.models.mit import MIT_CONFIGS, MixTransformer, convert_segformer_state_dict
+from segbook.models.weights import load_strict_
 
 __all__ = ["AllMLPHead", "DECODER_CHANNELS", "SegFormer"]
 

@@ -8,6 +8,7 @@ epoch, and every message names what to change.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from collections.abc import Sequence
@@ -16,19 +17,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import data
+from .. import data
+from ..env import get_device, seed_everything
+from ..models import build_model
+from ..models.base import DEFAULT_AUX_WEIGHTS, model_loss
+from ..settings import short_path
 from .checkpoints import ConfigMismatch
-from .distributed import Distributed, RanksDisagree, all_gather_objects, init_distributed, leave, process_device
-from .env import get_device, seed_everything
+from .distributed import Processes, RanksDisagree
 from .evaluation import evaluate
-from .loop import TrainingDiverged, fit
-from .losses import model_loss
-from .paths import short_path
+from .loop import SGD_MOMENTUM, SGD_WEIGHT_DECAY, TrainingDiverged, fit
+from .runtime import progress_on
 
 __all__ = ["main", "build_parser"]
 
 EXAMPLE = "segbook-train --model fcn --source toy --epochs 1 --batch-size 8 --crop-size 96 128 --device cpu"
 INTERRUPTED = 130  # the shell's status for a run stopped by Ctrl-C (128 + SIGINT)
+LR = inspect.signature(fit).parameters["lr"].default  # fit's own default, stated once
 
 
 def _at_least(minimum: int, kind=int, what: str = "a number"):
@@ -75,11 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--crop-size", type=_at_least(32, what="a crop side in pixels"), nargs=2, metavar=("H", "W"),
         default=(320, 480), help="random training crop, each side >= 32; smaller images are padded, "
                                  "labels with 255 (default: 320 480)")
-    add("--lr", type=_positive_float, default=0.01, help="initial SGD learning rate, poly decay to 0 (default: 0.01)")
-    add("--momentum", type=_at_least(0, float), default=0.9, help="SGD momentum (default: 0.9)")
-    add("--weight-decay", type=_at_least(0, float), default=1e-4, help="SGD weight decay (default: 0.0001)")
-    add("--aux-weight", type=_at_least(0, float), default=0.4,
-        help="weight of an 'aux' head's loss, if the model has one (default: 0.4)")
+    add("--lr", type=_positive_float, default=LR, help=f"initial SGD learning rate, poly decay to 0 (default: {LR})")
+    add("--momentum", type=_at_least(0, float), default=SGD_MOMENTUM, help=f"SGD momentum (default: {SGD_MOMENTUM})")
+    add("--weight-decay", type=_at_least(0, float), default=SGD_WEIGHT_DECAY,
+        help=f"SGD weight decay (default: {SGD_WEIGHT_DECAY})")
+    add("--aux-weight", type=_at_least(0, float), default=DEFAULT_AUX_WEIGHTS["aux"],
+        help=f"weight of an 'aux' head's loss, if the model has one (default: {DEFAULT_AUX_WEIGHTS['aux']})")
     add("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: CUDA, then MPS, then CPU)")
     add("--amp", choices=("auto", "float16", "bfloat16", "off"), default="auto",
         help="mixed precision; auto = float16 on CUDA, off elsewhere (default: auto)")
@@ -97,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
              "process); ignored by a single process")
     add("--no-progress", action="store_true",
         help="no progress bars, the label check's and the final evaluation's included "
-             "(default: bars unless TQDM_DISABLE or CI is set)")
+             "(default: bars unless TQDM_DISABLE is set)")
     return p
 
 
@@ -111,35 +116,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    processes = Processes(sync_batchnorm=args.sync_batchnorm)
     try:
-        device = get_device(args.device, given_as="--device")
-        group = init_distributed(device)  # under torchrun: join the group now, to fetch the data once
-        device = process_device(device, group)
+        device = processes.start(get_device(args.device, given_as="--device"))  # joined now: fetch the data once
     except (RuntimeError, ValueError) as err:
         parser.error(str(err))
     try:
-        return _train(args, parser, device, group)
+        return _train(args, parser, device, processes)
     finally:
-        leave(group)
+        processes.close()
 
 
-def _train(args, parser: argparse.ArgumentParser, device: torch.device, group: Distributed | None) -> int:
-    speaks = group is None or group.is_main  # under torchrun, rank 0 alone
-    say = print if speaks else _silent
-    voc_dir = _dataset_dir_once_per_machine(args, parser, group, say)
-    progress = False if args.no_progress or not speaks else None
+def _train(args, parser: argparse.ArgumentParser, device: torch.device, processes: Processes) -> int:
+    say = print if processes.is_main else _silent  # under torchrun, rank 0 alone
+    voc_dir = _dataset_dir_once_per_machine(args, parser, processes, say)
+    progress = processes.on_main(progress_on(False if args.no_progress else None), False)
     seed_everything(args.seed)  # before the model is built: its initial weights come from this seed
     problem, sizes = None, []
     try:
         train_loader, val_loader = data.load_voc(args.batch_size, tuple(args.crop_size), source=args.source,
                                                  root=voc_dir, num_workers=args.num_workers, seed=args.seed,
                                                  verbose=False)
-        if speaks:  # one process reads every label; the others would only repeat it
+        if processes.is_main:  # one process reads every label; the others would only repeat it
             sizes = data.check_labels(train_loader.dataset, progress=progress, desc="checking train labels")
             data.check_labels(val_loader.dataset, progress=progress, desc="checking val labels")
     except (OSError, ValueError) as err:
         problem = err
-    problems = all_gather_objects(problem and str(problem)) if group is not None else [problem]
+    problems = processes.gather(problem and str(problem))
     if any(problems):
         return _fail(problem or next(p for p in problems if p))
     _warn_if_crop_too_large(tuple(args.crop_size), sizes)
@@ -149,24 +152,24 @@ def _train(args, parser: argparse.ArgumentParser, device: torch.device, group: D
     checkpoint_dir = Path(args.checkpoint_dir or Path("checkpoints") / args.model)
     say(f"model {args.model} | data {'toy VOC' if toy else 'VOC2012'} ({len(train_loader.dataset)} train, "
         f"{len(val_loader.dataset)} val) | device {device.type} | checkpoints {short_path(checkpoint_dir)}"
-        + (f" | {group.world_size} processes, batch {args.batch_size} each" if group is not None else ""))
+        + (f" | {processes.world_size} processes, batch {args.batch_size} each" if processes.several else ""))
     began = time.perf_counter()
-    aux_weights = {"aux": args.aux_weight}
+    loss_fn = model_loss(model, {"aux": args.aux_weight})
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr,
+                                momentum=args.momentum, weight_decay=args.weight_decay)
     try:
-        fit(model, train_loader, val_loader, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
-            weight_decay=args.weight_decay, aux_weights=aux_weights, loss_fn=model_loss(model, aux_weights),
+        fit(model, train_loader, val_loader, epochs=args.epochs, lr=args.lr, optimizer=optimizer, loss_fn=loss_fn,
             device=device, num_classes=data.NUM_CLASSES, amp={"auto": None, "off": False}.get(args.amp, args.amp),
-            checkpoint_dir=checkpoint_dir, resume=args.resume, seed=args.seed, run_config=_run_config(args, toy),
-            live_plot=False, progress=progress, log=say, sync_batchnorm=args.sync_batchnorm)
+            processes=processes, checkpoint_dir=checkpoint_dir, resume=args.resume, seed=args.seed,
+            run_config=_run_config(args, toy), live_plot=False, progress=progress, log=say)
     except KeyboardInterrupt:  # fit has said what was saved
         return INTERRUPTED
     except (ConfigMismatch, TrainingDiverged, RanksDisagree) as err:
         return _fail(err)
-    if not speaks:
+    if not processes.is_main:
         return 0
     say(f"trained in {time.perf_counter() - began:.0f} s")
-    result = evaluate(model, val_loader, num_classes=data.NUM_CLASSES, loss_fn=model_loss(model, aux_weights),
-                      progress=progress)
+    result = evaluate(model, val_loader, num_classes=data.NUM_CLASSES, loss_fn=loss_fn, progress=progress)
     say(f"final: val_loss {result['loss']:.4f} | pixel_acc {result['pixel_acc']:.4f} | mIoU {result['miou']:.4f}")
     say(result["confusion"].table(class_names=data.VOC_CLASSES))
     return 0
@@ -181,17 +184,17 @@ def _fail(err: BaseException) -> int:
     return 1
 
 
-def _dataset_dir_once_per_machine(args, parser: argparse.ArgumentParser, group: Distributed | None, say) -> Path:
+def _dataset_dir_once_per_machine(args, parser: argparse.ArgumentParser, processes: Processes, say) -> Path:
     """:func:`_dataset_dir` in the first process of each machine while the others wait, then in the others.
 
     Machines need not share a disk, so each machine's first process fetches (or
     generates) the data; the processes after it find it there, and only rank 0 says where.
     """
-    if group is not None and group.local_rank != 0:
-        torch.distributed.barrier()  # wait for this machine's first process to find or fetch the data
+    if processes.local_rank != 0:
+        processes.barrier()  # wait for this machine's first process to find or fetch the data
     voc = _dataset_dir(args, parser, say)
-    if group is not None and group.local_rank == 0:
-        torch.distributed.barrier()
+    if processes.local_rank == 0:
+        processes.barrier()
     return voc
 
 
@@ -229,8 +232,6 @@ def _warn_if_crop_too_large(crop: tuple[int, int], sizes: list[tuple[int, int]])
 
 def _build_model(args, num_classes: int, real_voc: bool) -> nn.Module:
     """``--pretrained-backbone auto``: ImageNet weights for real VOC; the toy set is learnt from scratch."""
-    from .models import build_model
-
     kw = {"backbone": args.backbone} if args.backbone else {}
     pretrained = {"true": True, "false": False}.get(args.pretrained_backbone, "auto" if real_voc else False)
     return build_model(args.model, num_classes=num_classes, pretrained_backbone=pretrained, **kw)
@@ -240,8 +241,8 @@ def _run_config(args, toy: bool) -> dict:
     """The settings a resumed run must share with the one that wrote ``last.pt`` (all but the epochs)."""
     return {"model": args.model, "backbone": args.backbone, "num_classes": data.NUM_CLASSES,
             "dataset": "toy" if toy else "voc", "crop_size": list(args.crop_size), "batch_size": args.batch_size,
-            "epochs": args.epochs, "aux_weight": args.aux_weight, "pretrained_backbone": args.pretrained_backbone,
-            "amp": args.amp}
+            "epochs": args.epochs, "momentum": args.momentum, "weight_decay": args.weight_decay,
+            "aux_weight": args.aux_weight, "pretrained_backbone": args.pretrained_backbone, "amp": args.amp}
 
 
 if __name__ == "__main__":

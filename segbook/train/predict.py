@@ -8,32 +8,19 @@ the same way, since all return ``{"out": logits}`` at the input's size.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms.v2.functional import normalize
 
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from .sizes import as_pair
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..models.base import as_outputs
+from ..sizes import as_pair
+from .runtime import model_device
 
 __all__ = ["predict", "predict_logits", "sliding_windows"]
-
-
-def _as_outputs(outputs: Mapping[str, Tensor] | Tensor) -> Mapping[str, Tensor]:
-    """Models return dicts (``"out"`` plus extras); a bare tensor of logits is taken as ``"out"``."""
-    if isinstance(outputs, Tensor):
-        return {"out": outputs}
-    if "out" not in outputs:
-        raise KeyError(f"the model's outputs have no 'out' logits (keys: {sorted(outputs)}); "
-                       "segbook models return a dict with 'out' of shape (B, K, H, W).")
-    return outputs
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def sliding_windows(height: int, width: int, crop_size: int | Sequence[int],
@@ -87,7 +74,7 @@ def predict_logits(model: nn.Module, image: Tensor, *, crop_size: int | Sequence
     x = _as_model_input(image)  # (3, H, W)
     if device is not None:
         model.to(device)
-    run_on = _model_device(model)
+    run_on = model_device(model)
     height, width = x.shape[-2:]
     was_training = model.training
     model.eval()
@@ -119,7 +106,7 @@ def predict_logits(model: nn.Module, image: Tensor, *, crop_size: int | Sequence
 
 
 def _forward_logits(model: nn.Module, batch: Tensor) -> Tensor:
-    logits = _as_outputs(model(batch))["out"]  # (B, K, h, w)
+    logits = as_outputs(model(batch))["out"]  # (B, K, h, w)
     if logits.shape[-2:] != batch.shape[-2:]:
         raise ValueError(f"the model returned logits of size {tuple(logits.shape[-2:])} for an input of "
                          f"{tuple(batch.shape[-2:])}; segbook models return 'out' at the input's own size.")

@@ -1,15 +1,15 @@
-"""``python -m segbook.ddp_check``: a few steps of ``fit`` under torchrun, each process saying what it did.
+"""``python -m segbook.train.ddp_check``: a few steps of ``fit`` under torchrun, each process saying what it did.
 
 DistributedDataParallel promises two things that no single log line shows:
 the processes train on disjoint shares of each epoch, and they end with the
 same weights. This script makes both visible. Started by torchrun, every
-process trains the same small model with :func:`~segbook.loop.fit` for one
+process trains the same small model with :func:`~segbook.train.fit` for one
 epoch on the first ``--images`` toy training images, records the id of every
 image it loads, and writes ``rank<r>.pt`` into ``--out``: those ids, in order,
 and its final state dict. Comparing the files checks the promises::
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 \\
-        -m segbook.ddp_check --out /tmp/ddp
+        -m segbook.train.ddp_check --out /tmp/ddp
 
 Chapter 7 runs it with two Gloo processes on a CPU (see :func:`read_ranks`).
 """
@@ -21,14 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import Dataset, Subset
 
-from . import data
-from .distributed import init_distributed, leave
-from .env import seed_everything
+from .. import data
+from ..env import seed_everything
+from ..models import build_model
+from .distributed import Processes
 from .loop import fit
-from .models import build_model
 
 __all__ = ["RecordIds", "main", "read_ranks"]
 
@@ -54,7 +53,7 @@ class RecordIds(Dataset):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m segbook.ddp_check", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m segbook.train.ddp_check", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path, help="folder for rank<r>.pt (made if needed)")
     p.add_argument("--root", default=None, help="the toy set's folder (default: the segbook data home)")
     p.add_argument("--model", default="fcn", help="a registered model (default: fcn)")
@@ -70,15 +69,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Train one epoch in this process (one of torchrun's) and write ``rank<r>.pt``; returns 0."""
     args = _parser().parse_args(argv)
-    device = torch.device("cpu")
-    group = init_distributed(device)  # made here, so that rank 0 can write the toy set before the others read it
-    rank = group.rank if group is not None else 0
-    try:
-        if group is not None and rank != 0:
-            dist.barrier()  # wait for rank 0 to find or write the toy set
+    processes = Processes()
+    with processes.joined("cpu"):  # joined here, so that rank 0 can write the toy set before the others read it
+        if processes.rank != 0:
+            processes.barrier()  # wait for rank 0 to find or write the toy set
         voc = data.get_voc_dir("toy", args.root, verbose=False)
-        if group is not None and rank == 0:
-            dist.barrier()
+        if processes.rank == 0:
+            processes.barrier()
         train = data.VOCSegmentation(voc, "train", transforms=data.train_transforms(tuple(args.crop_size)))
         val = data.VOCSegmentation(voc, "val", transforms=data.eval_transforms())
         recorded = RecordIds(Subset(train, range(args.images)))
@@ -87,16 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed_everything(args.seed)  # the same initial weights in every process (DDP also copies rank 0's)
         model = build_model(args.model, num_classes=data.NUM_CLASSES, backbone=args.backbone)
         start = {k: v.clone() for k, v in model.state_dict().items()}
-        fit(model, train_loader, val_loader, epochs=1, lr=0.01, device=device, num_classes=data.NUM_CLASSES,
-            seed=args.seed, live_plot=False, progress=False, log=None)
+        fit(model, train_loader, val_loader, epochs=1, device="cpu", processes=processes, seed=args.seed,
+            live_plot=False, progress=False, log=None)
         state = model.state_dict()
         moved = [k for k, v in state.items() if v.is_floating_point() and not torch.equal(v, start[k])]
         args.out.mkdir(parents=True, exist_ok=True)
-        torch.save({"rank": rank, "world_size": group.world_size if group is not None else 1,
-                    "epoch_ids": recorded.names, "ids": recorded.ids, "batch_size": args.batch_size,
-                    "moved": moved, "state": state}, args.out / f"rank{rank}.pt")
-    finally:
-        leave(group)
+        torch.save({"rank": processes.rank, "world_size": processes.world_size, "epoch_ids": recorded.names,
+                    "ids": recorded.ids, "batch_size": args.batch_size, "moved": moved, "state": state},
+                   args.out / f"rank{processes.rank}.pt")
     return 0
 
 
@@ -104,7 +99,7 @@ def read_ranks(folder: Path | str) -> list[dict]:
     """Every ``rank<r>.pt`` in ``folder``, in rank order (a file per process of one run)."""
     files = sorted(Path(folder).glob("rank*.pt"), key=lambda p: int(p.stem.removeprefix("rank")))
     if not files:
-        raise FileNotFoundError(f"no rank<r>.pt in {folder}: run python -m segbook.ddp_check --out {folder} "
+        raise FileNotFoundError(f"no rank<r>.pt in {folder}: run python -m segbook.train.ddp_check --out {folder} "
                                 "under torchrun first.")
     return [torch.load(path, map_location="cpu", weights_only=True) for path in files]
 

@@ -1,49 +1,37 @@
 """Training on several processes: everything that changes under ``torchrun``, behind one object.
 
 ``torchrun --nproc_per_node=N`` starts N copies of a script on each machine and
-gives each the environment variables ``WORLD_SIZE`` (N times the number of
-machines), ``RANK`` (0 to ``WORLD_SIZE - 1`` over all machines) and
-``LOCAL_RANK`` (the GPU index on its own machine), plus ``MASTER_ADDR`` and
-``MASTER_PORT`` for the rendezvous. :class:`Processes` reads them and answers
-every question ``fit`` and ``evaluate`` have about the other processes, so
-the loop reads the same with one process or many:
+gives each ``RANK`` (0 .. ``WORLD_SIZE`` - 1 over all machines), ``WORLD_SIZE``
+and ``LOCAL_RANK`` (its GPU on its own machine). :class:`Processes` reads them
+and answers every question ``fit`` and ``evaluate`` have about the other
+processes, so the loop reads the same with one process or many. With one
+process every method is the identity. Every collective call of segbook is here.
 
-* :meth:`~Processes.wrap` puts the model in ``DistributedDataParallel``, which
-  averages the gradients of all processes after every backward pass, so each
-  process holds the same weights at every step;
-* :meth:`~Processes.shard_train` gives each process its own share of the
-  training set; each takes a batch of the loader's batch size from its share,
-  so the batch size is *per process*, as everywhere in PyTorch, and N
-  processes train with a global batch N times larger;
-* :meth:`~Processes.shard_val` validates each process on every N-th image and
-  :meth:`~Processes.sum_scores` adds up the confusion matrices, so the scores
-  are those of the whole validation set, computed N times faster;
-* ``is_main`` is rank 0, the one process that logs, draws and writes checkpoints;
-* :meth:`~Processes.seed` seeds each process's own random numbers (dropout,
-  PointRend's points) with ``seed + rank``, as detectron2 and mmsegmentation do,
-  while the data order comes from the loader's generators, seeded alike everywhere.
-
-With one process every method is the identity. Every collective call of
-segbook is in this module.
+* ``DistributedDataParallel`` averages the gradients after every backward, so
+  every process holds the same weights at every step;
+* each process trains on its own share of the training set, with a batch of
+  the loader's size: the batch size is per process, the global batch N times larger;
+* each process validates every N-th image and the confusion matrices are summed;
+* rank 0 alone logs, draws and writes checkpoints;
+* each process seeds its own random numbers (dropout, PointRend's points) with
+  ``seed + rank``, as detectron2 and mmsegmentation do; the data order comes
+  from the loader's generators, seeded alike everywhere.
 
 **The loss's average.** By default each process averages its loss over its own
-counted pixels, and DDP averages the gradients of the N processes: the mean of
-N per-process means, which weights each pixel of a process whose crops hold
-more ignored (255) pixels more. ``Processes(global_pixel_mean=True)`` gives the
-mean over every counted pixel of the global batch instead: each process's loss
-is scaled by ``N * its count / the all-reduced count``, so that DDP's average
-of the gradients is the gradient of (sum over all pixels) / (all counted
-pixels), exactly what one process with the N times larger batch computes.
+counted pixels and DDP averages the N gradients: a mean of per-process means,
+which weights each pixel of a process with more ignored (255) pixels more.
+``Processes(global_pixel_mean=True)`` scales each process's loss by
+``N * its count / the all-reduced count``, so the averaged gradient is that of
+one mean over every counted pixel of the global batch, as one process with the
+N times larger batch computes it.
 
-**BatchNorm's running statistics.** DDP broadcasts rank 0's buffers to every
-process at the start of each training forward (``broadcast_buffers=True``), so
-the statistics every process carries are rank 0's, updated from rank 0's
-images; after an epoch's last step each process has added its own last batch,
-and :meth:`~Processes.sync_buffers` copies rank 0's back before validation and
-the checkpoint. ``Processes(sync_batchnorm=True)`` (CUDA) computes the batch
-statistics over the whole global batch instead.
+**BatchNorm's running statistics.** DDP broadcasts rank 0's buffers at the
+start of every training forward, so the running statistics are rank 0's,
+updated from rank 0's images; :meth:`~Processes.sync_buffers` copies them to
+every process once more after an epoch's last step. ``sync_batchnorm=True``
+(CUDA) computes the batch statistics over the global batch instead.
 
-On GPUs the backend is NCCL; on CPUs (and in the tests) it is Gloo.
+NCCL on GPUs; Gloo on CPUs and in the tests.
 """
 from __future__ import annotations
 

@@ -82,13 +82,13 @@ def _listed(items: list[str]) -> str:
 
 
 def gpu_memory_line(entry: dict) -> str:
-    """One sentence from an entry of ``load_results("full_memory")["chapters"]``: what the step needs, what fits."""
+    """One sentence from an entry of ``load_results("full_memory")["chapters"]``: the estimate, and what it fits."""
     settings, batch = entry["settings"], entry["settings"]["batch_size"]
     crop = " x ".join(str(side) for side in settings["crop_size"])
     fits = [card for card, largest in entry["largest_batch"].items() if largest >= batch]
     smaller = [f"on {card} use batch {largest}" for card, largest in entry["largest_batch"].items()
                if largest < batch]
-    line = (f"full profile: a training step at batch {batch} of {crop} crops in mixed precision holds "
-            f"about {entry['step_gib']} GiB of tensors on the GPU, plus {CUDA_OVERHEAD_GIB} GiB for CUDA itself; "
-            f"it fits {_listed(fits)}")
+    line = (f"full profile, estimated from a CPU tally (no GPU has run it): a training step at batch {batch} "
+            f"of {crop} crops in mixed precision would hold about {entry['step_gib']} GiB of tensors, plus an "
+            f"allowance of {CUDA_OVERHEAD_GIB} GiB for CUDA itself; by that estimate it fits {_listed(fits)}")
     return textwrap.fill(line + (f"; {_listed(smaller)}." if smaller else "."), 88)

@@ -56,6 +56,7 @@ def test_gpu_memory_line_names_what_fits_and_the_batch_for_the_rest():
              "largest_batch": {"a 4 GB card": 3, "an 8 GB card": 12, "a 15 GB T4 (Colab)": 26}}
     line = " ".join(gpu_memory_line(entry).split())
     assert "batch 8 of 473 x 473 crops" in line and "about 4.5 GiB" in line
+    assert line.startswith("full profile, estimated from a CPU tally (no GPU has run it):")  # never a measured fact
     assert line.endswith("it fits an 8 GB card and a 15 GB T4 (Colab); on a 4 GB card use batch 3.")
     assert max(len(row) for row in gpu_memory_line(entry).splitlines()) <= 88
 

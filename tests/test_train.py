@@ -618,18 +618,18 @@ def test_python_m_segbook_train_is_the_command_line(capsys):
 
 
 def test_warm_up_ramps_linearly_then_decays():
-    f = poly_schedule(10, power=1.0, warmup=4)
-    assert [round(f(i), 6) for i in range(4)] == [round((i + 1) / 5 * (1 - i / 10), 6) for i in range(4)]
-    assert f(4) == pytest.approx(0.6) and f(9) == pytest.approx(0.1) and f(10) == 0.0
+    f = poly_schedule(10, power=1.0, warmup_steps=4)
+    assert [f(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert [f(i) for i in range(4, 11)] == pytest.approx([1 - k / 6 for k in range(7)])  # linear to 0 at the end
     assert poly_schedule(10, power=0)(7) == 1.0  # power 0: a fixed rate
+    with pytest.raises(ValueError, match="warmup_steps=10"):
+        poly_schedule(10, warmup_steps=10)
 
 
 def test_fit_warms_up_per_step():
-    model = TinyNet()
-    _, history = run(epochs=2, model=model, warmup_steps=4, poly_power=1.0)
+    _, history = run(epochs=2, warmup_steps=4, poly_power=1.0)
     steps = len(loaders()[0])  # 3 steps an epoch: the second epoch starts at step 3, inside the warm-up
-    assert history[0]["lr"] == pytest.approx(0.2 * 1 / 5)
-    assert history[1]["lr"] == pytest.approx(0.2 * (steps + 1) / 5 * (1 - steps / (2 * steps)))
+    assert history[0]["lr"] == pytest.approx(0.2 / 4) and history[1]["lr"] == pytest.approx(0.2 * (steps + 1) / 4)
 
 
 def test_param_groups_leave_norms_and_biases_undecayed():

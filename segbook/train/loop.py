@@ -90,22 +90,27 @@ class TrainingDiverged(FloatingPointError):
         self.history = history or []
 
 
-def poly_schedule(max_iters: int, power: float = 0.9, warmup: int = 0) -> Callable[[int], float]:
+def poly_schedule(max_iters: int, power: float = 0.9, warmup_steps: int = 0) -> Callable[[int], float]:
     """The factor ``(1 - it / max_iters) ** power`` for ``LambdaLR``, one step per iteration, after a warm-up.
 
     DeepLab and PSPNet decay the learning rate this way: smoothly to zero at the
     last iteration, faster than linear near the end (``power=1.0`` is linear,
-    ``power=0`` a fixed rate). Transformers start with a linear warm-up, here
-    ``(it + 1) / (warmup + 1)`` for the first ``warmup`` iterations, because
-    Adam's moment estimates are noise until they have seen a few gradients.
-    It is a plain function on purpose: ``LambdaLR`` then saves only its step
-    count, so a resumed run rebuilds the curve for the epochs it is asked to reach.
+    ``power=0`` a fixed rate). With ``warmup_steps`` the factor first rises
+    linearly, ``(it + 1) / warmup_steps``, and the decay then runs over the
+    remaining steps (SegFormer's recipe): Adam's first steps, taken with
+    second-moment estimates from a handful of gradients, are the ones that can
+    throw a transformer off. A plain function on purpose: ``LambdaLR`` then saves
+    only its step count, so a resumed run rebuilds the curve for the epochs it is asked to reach.
     """
-    max_iters, warmup = max(1, int(max_iters)), max(0, int(warmup))
+    max_iters = max(1, int(max_iters))
+    if not isinstance(warmup_steps, int) or not 0 <= warmup_steps < max_iters:
+        raise ValueError(f"warmup_steps={warmup_steps!r}: use an int from 0 to {max_iters - 1} "
+                         f"(fewer than the {max_iters} steps of the whole run).")
 
     def factor(it: int) -> float:
-        ramp = (it + 1) / (warmup + 1) if it < warmup else 1.0
-        return ramp * max(0.0, 1.0 - it / max_iters) ** power
+        if it < warmup_steps:
+            return (it + 1) / warmup_steps
+        return max(0.0, 1.0 - (it - warmup_steps) / (max_iters - warmup_steps)) ** power
 
     return factor
 

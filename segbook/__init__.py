@@ -1,7 +1,7 @@
 """segbook: the tested code behind the segbook chapters on semantic segmentation.
 
-Chapters import from here; each module or package holds one idea: ``env`` (profile,
-device, seed), ``upsample``, ``data``, ``metrics``, ``models``, ``train``, ``viz``.
+One idea per module or package: ``env`` (profile, device, seed), ``upsample``,
+``data``, ``metrics``, ``models``, ``train``, ``viz``.
 """
 from .env import Setup, get_device, get_profile, seed_everything, setup
 from .settings import data_home

@@ -1,10 +1,8 @@
-"""Where a chapter runs: the profile, the device and the random seed.
+"""Where a chapter runs: the profile, the device and the random seed, each decided here and nowhere else.
 
-Every chapter's first code cell calls :func:`setup`, which settles these three
-once and prints them on one line, so a reader always knows whether the numbers
-below came from the CPU toy run or the GPU run on real VOC2012. This module is
-the one owner of all three: nothing else in segbook picks a device, seeds the
-global generators or decides the profile.
+Every chapter's first code cell calls :func:`setup`, which prints all three on
+one line, so a reader knows whether the numbers below came from the CPU toy run
+or the GPU run on VOC2012.
 """
 from __future__ import annotations
 
@@ -30,11 +28,7 @@ _downgraded: str | None = None  # why this process left the full profile for qui
 
 
 def seed_everything(seed: int = 0) -> int:
-    """Seed Python, NumPy and PyTorch (CPU and every GPU) so a CPU run repeats exactly.
-
-    cuDNN's fastest kernels are not deterministic; we leave them on because a
-    reader's GPU run is about speed, while the stored outputs come from the CPU.
-    """
+    """Seed Python, NumPy and PyTorch so a CPU run repeats exactly (cuDNN's fast, non-deterministic kernels stay on)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -48,17 +42,12 @@ def _mps_available() -> bool:
 
 def get_device(prefer: str | torch.device | None = None, *, given_as: str = "get_device(prefer=...)",
                local_rank: int | None = None) -> torch.device:
-    """The best device available: CUDA, then Apple's MPS, then the CPU.
+    """The best device available: CUDA, then Apple's MPS, then the CPU; ``prefer`` or ``SEGBOOK_DEVICE`` forces one.
 
-    ``prefer`` (or ``SEGBOOK_DEVICE``) forces one, which is how the tests pin
-    the stored outputs to the CPU on a machine that has a GPU. A forced device
-    that is not there is an error that says where the choice came from:
-    ``given_as`` names the caller's argument (the CLI passes ``--device``).
-
-    ``local_rank``: this process is one of torchrun's, and each process on a
-    machine must own the GPU its ``LOCAL_RANK`` names, so ``cuda`` means that GPU;
-    a device that cannot work that way is refused here, with what to do, rather
-    than in the first collective (or, worse, with every process on one GPU).
+    A forced device that is not there is an error naming where the choice came
+    from (``given_as``, e.g. the CLI's ``--device``). With ``local_rank`` (a torchrun
+    process) ``cuda`` means GPU ``local_rank``; a device that cannot work that way is
+    refused here, not in the first collective.
     """
     choice = prefer or asked_device()
     if not choice:
@@ -124,14 +113,11 @@ def _downgrade(reason: str) -> None:
 
 
 def get_profile(device: torch.device | None = None, *, asked: str | None = None) -> str:
-    """The profile of this process: ``quick`` or ``full``.
+    """The profile of this process: ``asked``, else ``SEGBOOK_PROFILE``, else ``full`` on CUDA with VOC2012 on disk.
 
-    Asked for by ``asked`` (``setup(profile=...)``) or ``SEGBOOK_PROFILE``;
-    otherwise ``full`` on CUDA with VOC2012 on disk, else ``quick``. When
-    ``full`` is asked for but something of it is missing (no CUDA GPU, no
-    VOC2012 on disk), the profile is downgraded: one line says what was
-    missing, and every later call in the process returns ``quick``, so the
-    asserts written for the quick profile hold in every later cell.
+    When ``full`` is asked for but the GPU or the data is missing, one line says so
+    and every later call returns ``quick``, so the quick profile's asserts hold in
+    every later cell.
     """
     if _downgraded is not None:
         return "quick"
@@ -189,17 +175,14 @@ def quiet_notebook() -> None:
 def setup(seed: int = 0, profile: str | None = None, download_voc: bool = False, *, verbose: bool = True) -> Setup:
     """Choose the profile and device, seed everything, and say so in one short line.
 
-    A reader switches profile here rather than in the code below:
-    ``setup(profile="full", download_voc=True)`` on a GPU machine fetches
-    VOC2012 (about 2 GB, once) and runs the full profile; when the GPU or the
-    data cannot be had, one line says so and the chapter runs the quick profile.
-    ``profile=None`` follows ``SEGBOOK_PROFILE``, else what the machine has.
+    A reader switches profile here: ``setup(profile="full", download_voc=True)`` on a
+    GPU fetches VOC2012 (about 2 GB, once); when the GPU or the data cannot be had,
+    one line says so and the chapter runs the quick profile.
     """
     device = get_device()
     asked = (profile or asked_profile() or "").strip().lower() or None
     if asked == "full" and download_voc and device.type == "cuda" and not real_voc_available():
         from .data import download_voc2012  # here, not on top: ``import segbook`` should not load the data stack
-
         try:
             download_voc2012()
         except (OSError, RuntimeError, ValueError) as err:  # offline, a bad checksum, a full disk, a broken archive

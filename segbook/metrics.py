@@ -1,20 +1,10 @@
-"""Segmentation metrics from one confusion matrix: pixel accuracy, per-class IoU and mIoU.
+"""Segmentation metrics: pixel accuracy, per-class IoU and mIoU from one confusion matrix; Boundary IoU.
 
-Every segmentation score is a ratio of pixel counts, so we count once and derive
-the rest. Counting into a ``num_classes x num_classes`` matrix over a whole
-validation set (rather than averaging per-image scores) is what the VOC
-benchmark does (Everingham et al., 2010): a class that fills one image and
-a class that fills a hundred weigh by their pixels, and a matrix from each GPU
-can simply be summed.
-
-Rows are the ground truth, columns the prediction. For class ``c`` with ``TP``
-on the diagonal, ``FN`` the rest of row ``c`` and ``FP`` the rest of column ``c``:
-
-    IoU_c = TP / (TP + FP + FN),   mIoU = mean of IoU_c over the classes that occur,
-
-where a class *occurs* when it is in the ground truth or in the prediction. A
-class predicted but absent from the ground truth has IoU 0 and pulls the mean
-down (the model hallucinated it); a class in neither is NaN and left out.
+One ``K x K`` count over the whole validation set (rows: ground truth, columns:
+prediction), not a mean of per-image scores, as the VOC benchmark does
+(Everingham et al., 2010): classes weigh by their pixels, and several GPUs'
+matrices simply add. mIoU averages over the classes in the ground truth or the
+prediction: a hallucinated class scores 0, a class in neither is NaN, left out.
 """
 from __future__ import annotations
 
@@ -24,16 +14,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["ConfusionMatrix", "confusion_matrix"]
+__all__ = ["BoundaryIoU", "ConfusionMatrix", "boundary_dilation", "confusion_matrix", "inner_boundary"]
 
 _MAX_LISTED = 10  # bad ids named in an error message
 
 
 def not_ids_error(what: str, dtype, shape: Sequence[int]) -> TypeError:
-    """The error for scores passed where class ids belong; shared with :mod:`segbook.viz` so both say the same.
-
-    A 4-d float is almost always a model's logits, so the message says how to turn them into ids.
-    """
+    """The error for scores passed where class ids belong (shared with :mod:`segbook.viz`); a 4-d float gets a hint."""
     shape = tuple(shape)
     hint = " This looks like logits of shape (B, K, H, W): pass logits.argmax(1)." if len(shape) == 4 else ""
     return TypeError(f"{what} must hold integer class ids, got dtype {dtype} with shape {shape}.{hint}")
@@ -57,14 +44,11 @@ def _out_of_range(values: torch.Tensor, num_classes: int) -> list[int]:
 
 
 def confusion_matrix(pred, target, num_classes: int, ignore_index: int | None = 255) -> torch.Tensor:
-    """Count (target, prediction) pairs into an int64 ``(num_classes, num_classes)`` matrix.
+    """Count (target, prediction) pairs of class ids into an int64 ``(num_classes, num_classes)`` matrix.
 
-    ``pred`` and ``target`` are class ids of the same shape (e.g. ``(B, H, W)``),
-    any integer dtype, on one device; the matrix is built there. Pixels whose
-    target is ``ignore_index`` are skipped. Any other id outside
-    ``0..num_classes-1``, in the target or the prediction, raises: a label that
-    was read through its RGB colours, or a model with the wrong number of
-    outputs, must not pass quietly as a lower score.
+    Pixels whose target is ``ignore_index`` are skipped; any other id out of range
+    raises, so a label read through its RGB colours, or a model with the wrong
+    number of outputs, does not pass quietly as a lower score.
     """
     pred, target = _as_ids(pred, "pred"), _as_ids(target, "target")
     if pred.shape != target.shape:
@@ -94,13 +78,17 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / den.clamp(min=1), torch.full_like(num, math.nan))
 
 
+def _mean_present(scores: torch.Tensor) -> float:
+    """The mean over the classes that have a score (not NaN); NaN when none has."""
+    present = ~scores.isnan()
+    return float(scores[present].mean()) if present.any() else math.nan
+
+
 class ConfusionMatrix:
     """Accumulates a confusion matrix over batches and derives pixel accuracy, IoU and mIoU.
 
-    ``update`` takes class ids, not logits (pass ``logits.argmax(1)``): the
-    metric should score the same decision the reader sees in the figures. The
-    counts stay on the device of the data, so a GPU evaluation loop does not
-    copy labels to the CPU; the derived scores are CPU float64.
+    ``update`` takes class ids (``logits.argmax(1)``): the decision the figures show.
+    The counts stay on the data's device; the scores are CPU float64.
     """
 
     def __init__(self, num_classes: int, ignore_index: int | None = 255,
@@ -133,8 +121,6 @@ class ConfusionMatrix:
             raise ValueError(f"got {len(names)} class names for {self.num_classes} classes.")
         return names
 
-    # -- counting -------------------------------------------------------------------------------
-
     def update(self, pred, target) -> ConfusionMatrix:
         """Add one batch: ``pred`` and ``target`` are class ids of one shape, ``(B, H, W)`` or ``(H, W)``."""
         counts = confusion_matrix(pred, target, self.num_classes, self.ignore_index)
@@ -145,23 +131,18 @@ class ConfusionMatrix:
         """Start counting again (at the start of each evaluation)."""
         self._matrix = torch.zeros_like(self._matrix)
 
-    def _check_compatible(self, other: ConfusionMatrix) -> None:
+    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
+        """Add another matrix's counts into this one (e.g. two halves of a validation set)."""
         if not isinstance(other, ConfusionMatrix):
             raise TypeError(f"can only merge another ConfusionMatrix, got {type(other).__name__}.")
         if (other.num_classes, other.ignore_index) != (self.num_classes, self.ignore_index):
             raise ValueError(f"cannot merge a matrix for {other.num_classes} classes (ignore {other.ignore_index}) "
                              f"into one for {self.num_classes} classes (ignore {self.ignore_index}).")
-
-    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
-        """Add another matrix's counts into this one (e.g. two halves of a validation set)."""
-        self._check_compatible(other)
         self._matrix = self._matrix + other._matrix.to(self._matrix.device)
         return self
 
     def __iadd__(self, other: ConfusionMatrix) -> ConfusionMatrix:
         return self.merge(other)
-
-    # -- scores -----------------------------------------------------------------------------------
 
     @property
     def matrix(self) -> torch.Tensor:
@@ -181,10 +162,7 @@ class ConfusionMatrix:
 
     @property
     def iou(self) -> torch.Tensor:
-        """Per-class ``TP / (TP + FP + FN)``, float64 ``(num_classes,)``.
-
-        NaN marks a class in neither the target nor the prediction: it has no score, not a score of 0.
-        """
+        """Per-class ``TP / (TP + FP + FN)``, float64 ``(K,)``; NaN (no score, not 0) for a class in neither."""
         m = self.matrix
         tp = m.diagonal()  # (K,)
         return _ratio(tp, m.sum(1) + m.sum(0) - tp)  # row sums: target pixels, column sums: predicted pixels
@@ -192,9 +170,7 @@ class ConfusionMatrix:
     @property
     def miou(self) -> float:
         """Mean IoU over the classes in the target or the prediction; NaN when there are none."""
-        iou = self.iou
-        present = ~iou.isnan()
-        return float(iou[present].mean()) if present.any() else math.nan
+        return _mean_present(self.iou)
 
     @property
     def class_accuracy(self) -> torch.Tensor:
@@ -231,32 +207,17 @@ class ConfusionMatrix:
                 f"pixel_acc={self.pixel_accuracy:.3f}, miou={self.miou:.3f})")
 
 
-# -- Boundary IoU ---------------------------------------------------------------------------------------------
-
-
 def boundary_dilation(height: int, width: int, dilation_ratio: float = 0.02) -> int:
-    """Cheng et al.'s band width for an image: ``round(dilation_ratio * diagonal)`` pixels, at least 1.
-
-    2% of the diagonal is 3 pixels on a 100 x 100 image and 23 on 512 x 1024: the
-    band grows with the image, so the measure means the same at every resolution.
-    """
+    """Cheng et al.'s band width, ``round(dilation_ratio * diagonal)`` pixels (at least 1): it grows with the image."""
     return max(1, int(round(dilation_ratio * math.hypot(height, width))))
 
 
 def inner_boundary(masks: torch.Tensor, dilation: int) -> torch.Tensor:
-    """The pixels of each mask within ``dilation`` pixels of its contour: ``mask & ~erode(mask)``.
+    """The pixels of each bool mask (..., H, W) within ``dilation`` pixels of its contour: ``mask & ~erode(mask)``.
 
-    ``masks`` is bool ``(..., H, W)``; the result has its shape. A pixel stays in the
-    eroded mask when no background pixel lies in the ``(2d + 1) x (2d + 1)`` square
-    around it (chessboard distance > d), so the band is what Cheng et al.'s code
-    gets from ``cv2.erode`` with a 3x3 kernel applied d times. Like that code (which
-    pads the mask with a ring of zeros first), everything outside the image counts
-    as background: a class that touches the image's edge has a band along it.
-
-    Erosion is a max-pool of the background, computed here on torch (no OpenCV) and
-    on the masks' own device. The square is separable: a ``1 x (2d + 1)`` pool
-    along rows, then a ``(2d + 1) x 1`` pool along columns, O(d) work per pixel
-    instead of O(d^2).
+    The erosion is Cheng et al.'s ``cv2.erode`` with a 3x3 kernel d times, outside
+    the image counting as background, computed as a separable max-pool of the
+    background on the masks' device.
     """
     if dilation < 1:
         raise ValueError(f"dilation must be at least 1 pixel, got {dilation!r}.")
@@ -275,28 +236,12 @@ class BoundaryIoU:
     """Boundary IoU (Cheng et al., 2021), accumulated per class over images like :class:`ConfusionMatrix`.
 
     mIoU barely moves when only borders are wrong (a 100 x 100 square without its
-    1-pixel rim still scores 0.96). Boundary IoU compares only the band of each mask within ``d`` pixels of
-    its contour, ``G_d`` of the ground truth and ``P_d`` of the prediction:
-
-        BIoU_c = |G_d ∩ P_d| / |G_d ∪ P_d|,   G_d = G ∩ (pixels within d of G's contour),
-
-    where the masks are ``target == c`` and ``pred == c``. Intersections and unions
-    are summed over all images before dividing (as the confusion matrix sums
-    pixels), and the mean runs over the classes with a non-empty union.
-
-    Args:
-        num_classes: K.
-        ignore_index: target value whose pixels are not counted (VOC's 255). The bands
-            are found on the masks as they are (an ignored pixel is not class c), then
-            ignored pixels are left out of both counts.
-        dilation_ratio: d as a fraction of each image's diagonal (the paper: 0.02).
-        dilation: d in pixels for every image; overrides ``dilation_ratio``.
-
-    Cheng et al. define it for one object's mask; here it is adapted per class (this
-    book's choice): class c's pixels of an image form the mask, counts sum over images.
-    Its ceiling is below 1 where labels have a void band: a prediction must give the
-    band some class, whose contour then differs from the label's. On the toy VOC val
-    set the labels themselves (255 as background) score boundary mIoU 0.974 (chapter 6).
+    1-pixel rim still scores 0.96). Boundary IoU compares only the bands within ``d``
+    pixels of each mask's contour, ``BIoU_c = |G_d ∩ P_d| / |G_d ∪ P_d|`` for the
+    masks ``target == c`` and ``pred == c``, summed over images before dividing.
+    It is defined per object; here per class (this book's choice). Ignored pixels
+    are left out of both bands. ``dilation_ratio``: d as a fraction of each image's
+    diagonal (the paper: 0.02); ``dilation``: d in pixels, overriding it.
     """
 
     def __init__(self, num_classes: int, ignore_index: int | None = 255, dilation_ratio: float = 0.02,
@@ -368,9 +313,7 @@ class BoundaryIoU:
     @property
     def miou(self) -> float:
         """Mean boundary IoU over the classes with a band in the target or the prediction; NaN if none."""
-        iou = self.iou
-        present = ~iou.isnan()
-        return float(iou[present].mean()) if present.any() else math.nan
+        return _mean_present(self.iou)
 
     def as_dict(self) -> dict[str, float | list[float]]:
         """Plain floats for a history row: ``{"boundary_miou": ..., "boundary_iou": [...]}``."""
@@ -380,5 +323,3 @@ class BoundaryIoU:
         width = f"dilation={self.dilation}" if self.dilation else f"dilation_ratio={self.dilation_ratio}"
         return f"BoundaryIoU(num_classes={self.num_classes}, {width}, miou={self.miou:.3f})"
 
-
-__all__ += ["BoundaryIoU", "boundary_dilation", "inner_boundary"]

@@ -1,18 +1,10 @@
 """Receptive fields: how much of the image one output cell can see, and how much it uses.
 
-The *theoretical* receptive field is every input pixel that can change a cell.
-Along a chain of layers with kernel ``k``, stride ``s`` and dilation ``d`` it
-grows by the recurrence ``r <- r + (k - 1) d j`` and ``j <- j s``, where ``j``
-(the *jump*) is the distance in input pixels between neighbouring cells of the
-current map; it starts at ``r = j = 1``. A residual network's widest path is its
-chain of main-branch convolutions (a shortcut only skips layers), so the chain
-``conv1, maxpool, every block's convs in order`` gives the field of a ResNet.
-
-The *effective* receptive field (Luo et al., 2016) is the part that matters:
-the gradient of one output with respect to the input. It is concentrated near
-the centre and falls off roughly like a Gaussian, far inside the theoretical
-square, which is why PSPNet (Zhao et al., 2017) adds explicitly global features
-instead of trusting depth to bring the whole image in.
+The theoretical field grows along a chain of layers as ``r <- r + (k - 1) d j``,
+``j <- j s`` (``j``: the current map's cell spacing in input pixels). The
+effective field (Luo et al., 2016), the gradient of one output with respect to
+the input, falls off like a Gaussian far inside it, which is why PSPNet (Zhao et
+al., 2017) adds explicitly global features.
 """
 from __future__ import annotations
 
@@ -39,12 +31,7 @@ def _geometry(layer: nn.Module) -> tuple[int, int, int]:
 
 
 def receptive_field(layers: Iterable[nn.Module]) -> tuple[int, int]:
-    """``(size, jump)`` in input pixels after a chain of convs and pools, applied in order.
-
-    ``size`` is the side of the square of input pixels that can reach one output
-    cell; ``jump`` is the spacing of the output cells in input pixels (the output
-    stride). Padding does not enter: it moves the field, it does not widen it.
-    """
+    """``(size, jump)`` of a chain of convs and pools: the input square reaching one cell, and the cells' spacing."""
     size, jump = 1, 1
     for layer in layers:
         kernel, stride, dilation = _geometry(layer)
@@ -54,12 +41,7 @@ def receptive_field(layers: Iterable[nn.Module]) -> tuple[int, int]:
 
 
 def resnet_path(backbone: nn.Module, stage: str = "layer4") -> list[nn.Module]:
-    """The layers on a ResNet's widest path up to ``stage``: stem conv, max pool, each block's convs.
-
-    ``backbone`` is a torchvision ResNet or a :class:`~segbook.models.ResNetBackbone`
-    (same attribute names). The 1x1 ``downsample`` convs of the shortcuts are left
-    out: a shortcut reaches no further than the block's own convolutions.
-    """
+    """The layers on a ResNet's widest path up to ``stage``: stem conv, max pool, each block's convs (no shortcuts)."""
     path = [backbone.conv1, backbone.maxpool]
     for name in ("layer1", "layer2", "layer3", "layer4"):
         for block in getattr(backbone, name):
@@ -70,13 +52,9 @@ def resnet_path(backbone: nn.Module, stage: str = "layer4") -> list[nn.Module]:
 
 
 def effective_receptive_field(model: nn.Module, images: Tensor, output: str = "out") -> Tensor:
-    """Mean ``|d logit / d input|`` over images and input channels, for the centre pixel's logits.
+    """Mean ``|d logit / d input|`` for the summed logits at the centre pixel: an (H, W) map that sums to one.
 
-    ``model(images)[output]`` is ``(B, K, H, W)``; the summed ``K`` logits at the
-    centre pixel ``(H // 2, W // 2)`` of each image are backpropagated to the
-    input. Returns an ``(H, W)`` map (input-sized) that sums to one. The model is
-    run as it is (call ``.eval()`` first to freeze BatchNorm and dropout); its
-    parameters' gradients are left untouched.
+    The model runs as it is (call ``.eval()`` first); its parameters' gradients are untouched.
     """
     images = images.detach().clone().requires_grad_(True)         # (B, 3, H, W)
     logits = model(images)[output]                                # (B, K, h, w)

@@ -1,10 +1,6 @@
 """Every environment variable segbook reads, in one place, and where its files go.
 
-A reader steers segbook from the shell (``SEGBOOK_PROFILE=full``) or from a
-chapter's first cell; either way the package asks here and nowhere else, so a
-variable has one meaning and one spelling. (torchrun's ``RANK``, ``WORLD_SIZE``
-and ``LOCAL_RANK`` are read where processes are joined:
-:mod:`segbook.train.distributed`.)
+(torchrun's ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` are read by :mod:`segbook.train.distributed`.)
 
 ========================  ===========================================================
 ``SEGBOOK_PROFILE``       ``quick`` or ``full``; unset: decided from the machine

@@ -1,8 +1,4 @@
-"""One rule for sizes given as ``n`` or ``(height, width)``: crops, strides, windows, kernel sizes.
-
-Crops, sliding windows and transposed convolutions all accept either form; one
-helper means they all accept the same things and refuse the rest alike.
-"""
+"""One rule for sizes given as ``n`` or ``(height, width)``: crops, strides, windows, kernel sizes."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -12,11 +8,10 @@ __all__ = ["as_pair"]
 
 
 def as_pair(value: int | Sequence[int], name: str, minimum: int = 1) -> tuple[int, int]:
-    """``value`` as ``(height, width)``: an int is used for both sides.
+    """``value`` as ``(height, width)``; an int is used for both sides.
 
-    Booleans and floats are refused (``True`` is an int to Python, and ``96.5``
-    is a typo, not a size); so is any side below ``minimum``, with ``name`` in
-    the message so the caller's argument is the one named.
+    Booleans and floats are refused (``True`` is an int to Python, ``96.5`` a typo),
+    as is any side below ``minimum``; ``name`` is the argument the message names.
     """
     def is_int(v) -> bool:
         return isinstance(v, Integral) and not isinstance(v, bool)

@@ -1,18 +1,9 @@
 """What one training step holds in memory, counted tensor by tensor, on any device.
 
-A GPU's peak in a training step is reached when backward starts: the weights,
-the optimiser's state, the gradients as they fill in, and every activation the
-forward pass saved for backward are all alive at once. The last term is the
-large one, and it grows with the batch and the crop. :func:`step_memory` counts
-it without a GPU: a ``saved_tensors_hooks`` pair sees every tensor autograd
-saves during the forward pass and the loss, and each storage is counted once
-(a ReLU's output saved by the ReLU and by the next convolution is one tensor).
-Weights saved by the layers that use them are counted with the weights, once.
-
-The tally is PyTorch's own bookkeeping, so it is the same on a CPU and a GPU
-for the same dtypes; what a GPU adds on top (the CUDA context, cuDNN's
-workspaces, the caching allocator's slack) is not a tensor and is left to a
-margin (:data:`CUDA_OVERHEAD_GIB`).
+The peak comes when backward starts, and the activations saved for it grow with
+batch and crop. A ``saved_tensors_hooks`` pair counts them without a GPU, each
+storage once; the tally is PyTorch's own, the same on CPU and GPU. What CUDA adds
+(context, workspaces, allocator slack) is the margin :data:`CUDA_OVERHEAD_GIB`.
 """
 from __future__ import annotations
 
@@ -35,14 +26,12 @@ def _key(t: Tensor) -> tuple[int, int]:
 def step_memory(model: nn.Module, images: Tensor, target: Tensor,
                 loss_fn: Callable[[dict, Tensor], Tensor | tuple] | None = None, *,
                 amp_dtype: torch.dtype | None = None, optimizer_slots: int = 1) -> dict[str, int]:
-    """Bytes one training step of ``model`` on ``images`` (B, 3, H, W) holds at the start of backward.
+    """Bytes one training step of ``model`` on ``images`` holds at the start of backward, by kind, and their ``total``.
 
-    Returns ``params`` (every parameter and buffer), ``grads`` (one per trainable
-    parameter), ``optimizer`` (``optimizer_slots`` tensors the size of each
-    trainable parameter: 1 for SGD with momentum, 2 for Adam), ``saved`` (the
-    activations saved for backward by the forward pass and the loss, under
-    ``torch.autocast`` in ``amp_dtype`` when given) and ``total``, their sum.
-    The model runs in training mode; nothing is updated but BatchNorm's running statistics.
+    ``optimizer`` counts ``optimizer_slots`` tensors per trainable parameter (1 for
+    SGD with momentum, 2 for Adam); ``saved``, what the forward pass and the loss save
+    for backward (weights excluded), under autocast in ``amp_dtype`` when given. The
+    model runs in training mode; only BatchNorm's running statistics change.
     """
     device = images.device
     weights = {_key(t) for t in [*model.parameters(), *model.buffers()]}

@@ -1,13 +1,7 @@
 """Pictures of segmentations: label maps in colour, overlays, sample grids and training curves.
 
-Everything here returns a matplotlib ``Figure`` and never calls ``plt.show()``:
-the notebook decides when to show, and the stored PNG depends only on the data
-(no timestamps, no random colours). Label maps are drawn with VOC's own palette
-by default, so a picture here looks like the PNGs in ``SegmentationClass/``, the
-255 border band included. Any other dataset passes its ``class_names`` and, if it
-has one, its ``palette`` (one RGB tuple per class); without a palette,
-:func:`make_palette` extends VOC's colour map to any number of classes. 255 is
-always drawn in the ignore colour.
+Everything returns a ``Figure`` whose PNG depends only on the data; label maps
+use VOC's palette unless a dataset passes its ``class_names`` and ``palette``.
 """
 from __future__ import annotations
 
@@ -25,35 +19,23 @@ from .data.voc import IGNORE_INDEX, NUM_CLASSES, VOC_BORDER_COLOR, VOC_CLASSES, 
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .metrics import not_ids_error
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "add_class_legend", "class_legend", "colorize", "make_palette", "overlay", "plot_history",
-           "show_image_grid", "show_samples", "to_rgb", "LivePlot"]
-
-# The statistics torchvision's ImageNet weights were trained with; float images are assumed normalised by them.
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LivePlot", "add_class_legend", "class_legend", "colorize", "make_palette",
+           "overlay", "plot_history", "show_image_grid", "show_samples", "to_rgb"]
 
 _VOC_COLOURS = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)  # VOCdevkit's colour map, ids 0..255
 
-_LOSS_KEYS = ("train_loss", "val_loss")
-_SCORE_KEYS = ("val_pixel_acc", "val_miou")
+_HISTORY_KEYS = ("train_loss", "val_loss", "val_pixel_acc", "val_miou")  # what plot_history draws by default
 _NICE_NAMES = {"train_loss": "train loss", "val_loss": "val loss", "val_pixel_acc": "val pixel acc",
                "val_miou": "val mIoU", "train_miou": "train mIoU", "train_pixel_acc": "train pixel acc"}
 
 
 def _numpy(x) -> np.ndarray:
     """A CPU NumPy view of a tensor (any device) or array."""
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def make_palette(num_classes: int) -> list[tuple[int, int, int]]:
-    """``num_classes`` distinct RGB colours for a dataset that brings none: VOCdevkit's colour map, extended.
-
-    VOC's map spreads the bits of the class id over the high bits of R, G and B,
-    so neighbouring ids get clearly different colours, the first 21 are VOC's own
-    (a VOC picture looks as before) and no id below 255 gets the ignore colour.
-    Deterministic: the same id always has the same colour. At most 255 classes,
-    since 255 is the ignore index.
-    """
+    """``num_classes`` (at most 255) RGB colours for a dataset that brings none: VOCdevkit's colour map, extended."""
     if not 1 <= num_classes <= IGNORE_INDEX:
         raise ValueError(f"num_classes must be 1..{IGNORE_INDEX} (id {IGNORE_INDEX} is the ignore index), "
                          f"got {num_classes}.")
@@ -61,12 +43,7 @@ def make_palette(num_classes: int) -> list[tuple[int, int, int]]:
 
 
 def _class_table(class_names: Sequence[str] | None, palette) -> tuple[list[str], np.ndarray]:
-    """(names, lookup table) for K classes: ids 0..K-1 in the palette's colours, 255 in the ignore colour.
-
-    K is the palette's length, else the number of names, else VOC's 21. Without a
-    palette the colours come from :func:`make_palette`; without names, a palette's
-    classes are named by their ids and VOC's by VOC's names.
-    """
+    """(names, lookup table) for K classes, K from the palette, the names or VOC's 21; 255 in the ignore colour."""
     if palette is None:
         colours = np.asarray(make_palette(NUM_CLASSES if class_names is None else len(class_names)), dtype=np.uint8)
     else:
@@ -107,13 +84,10 @@ def _class_ids(label, what: str = "label", num_classes: int = NUM_CLASSES) -> np
 
 
 def colorize(label, palette=None, *, class_names: Sequence[str] | None = None) -> np.ndarray:
-    """Colours for a map of class ids: ``(H, W)`` ids -> ``(H, W, 3)`` uint8, 255 in the ignore colour.
+    """Colours for class ids: ``(..., H, W)`` -> ``(..., H, W, 3)`` uint8, 255 in the ignore colour.
 
-    ``palette`` is one (r, g, b) per class; without it the colours are VOC's, for
-    ``len(class_names)`` classes when names are given, else VOC's 21 (see
-    :func:`make_palette`). Ids outside the classes raise. Accepts a tensor on any
-    device or an array, of any integer dtype; any leading dimensions are kept
-    (``(B, H, W)`` -> ``(B, H, W, 3)``).
+    ``palette``: one (r, g, b) per class, else VOC's colours (:func:`make_palette`)
+    for ``len(class_names)`` classes or VOC's 21. Ids outside the classes raise.
     """
     names, table = _class_table(class_names, palette)
     return table[_class_ids(label, num_classes=len(names))]
@@ -121,13 +95,10 @@ def colorize(label, palette=None, *, class_names: Sequence[str] | None = None) -
 
 def to_rgb(image, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
            denormalize: Callable | None = None) -> np.ndarray:
-    """Any one image the book handles, as ``(H, W, 3)`` uint8 for matplotlib.
+    """One image as ``(H, W, 3)`` uint8 for matplotlib: uint8 as it is, a float one denormalised.
 
-    uint8 images are used as they are: a tensor is ``(3, H, W)`` (torchvision's
-    layout), an array ``(H, W, 3)`` (PIL's). Float images are what the model
-    sees, i.e. normalised: ``denormalize`` undoes that when given, otherwise
-    ``x * std + mean`` with ImageNet's statistics (pass ``mean=(0, 0, 0),
-    std=(1, 1, 1)`` for a float image in [0, 1]).
+    uint8 tensors are (3, H, W), arrays (H, W, 3). A float image is taken as
+    normalised: undone by ``denormalize``, else by ``x * std + mean``.
     """
     if denormalize is not None:
         image = denormalize(image)
@@ -150,13 +121,7 @@ def to_rgb(image, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float]
 def overlay(image, label, alpha: float = 0.5, *, palette=None, class_names: Sequence[str] | None = None,
             mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
             denormalize: Callable | None = None) -> np.ndarray:
-    """Blend the label's colours over the image: ``(1 - alpha) * image + alpha * colours``, ``(H, W, 3)`` uint8.
-
-    Seeing the mask on top of the photo is how one spots labels that are
-    shifted, too coarse, or flipped differently from the image by an
-    augmentation. ``image`` is anything :func:`to_rgb` takes; ``palette`` and
-    ``class_names`` choose the colours as in :func:`colorize`.
-    """
+    """The label's colours over the image, ``(H, W, 3)`` uint8: a label shifted or flipped apart shows at once."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
     rgb = to_rgb(image, mean=mean, std=std, denormalize=denormalize)  # (H, W, 3)
@@ -184,12 +149,8 @@ def show_samples(images, labels, preds=None, *, max_rows: int = 4, titles: bool 
                  denormalize: Callable | None = None) -> Figure:
     """One row per sample: image, ground truth, ground truth over the image, and the prediction when given.
 
-    ``images`` is a batch ``(B, 3, H, W)`` or a list of images (see :func:`to_rgb`);
-    ``labels`` and ``preds`` are class ids ``(B, H, W)`` (pass ``logits.argmax(1)``).
-    With ``titles`` the columns are named and each label panel lists the
-    classes in it, so a reader can tell "cat" from "dog" without a legend.
-    ``class_names`` (one per class, VOC's by default) and ``palette`` (one (r, g, b)
-    per class; generated by :func:`make_palette` when ``None``) serve any dataset.
+    ``images``: (B, 3, H, W) or a list (see :func:`to_rgb`); ``labels``, ``preds``:
+    class ids (B, H, W). With ``titles`` each label panel lists its classes.
     """
     class_names, _ = _class_table(class_names, palette)  # checks that names and colours agree
     images, labels = list(images), list(labels)  # a batch or a sequence: one item per sample
@@ -227,10 +188,7 @@ def show_samples(images, labels, preds=None, *, max_rows: int = 4, titles: bool 
 
 def class_legend(class_ids=None, ax: Axes | None = None, *, class_names: Sequence[str] = VOC_CLASSES,
                  palette=None, ncol: int = 4) -> Figure:
-    """A legend of class colours: the given ids (e.g. ``label.unique()``), else every class and the ignore band.
-
-    ``class_names`` and ``palette`` as in :func:`show_samples` (VOC's 21 by default).
-    """
+    """A legend of class colours: the given ids (e.g. ``label.unique()``), else every class and the ignore band."""
     class_names, table = _class_table(class_names, palette)
     if class_ids is None:
         ids = list(range(len(class_names))) + [IGNORE_INDEX]
@@ -251,12 +209,7 @@ def class_legend(class_ids=None, ax: Axes | None = None, *, class_names: Sequenc
 
 def add_class_legend(fig: Figure, labels, *, class_names: Sequence[str] = VOC_CLASSES, palette=None,
                      ncol: int = 7) -> Figure:
-    """Put a legend of the classes that occur in ``labels`` (label maps, ids or 255) under ``fig``.
-
-    A label figure without one asks the reader to know VOC's palette by heart;
-    this names exactly the colours shown. It also lifts every panel title to a
-    readable 10 pt.
-    """
+    """Put a legend of the classes that occur in ``labels`` under ``fig``, and lift every panel title to 10 pt."""
     ids = np.unique(np.concatenate([np.asarray(_numpy(label)).ravel() for label in labels]))
     for ax in fig.axes:
         ax.title.set_fontsize(max(10, ax.title.get_fontsize()))
@@ -283,15 +236,12 @@ def _series(history: Sequence[Mapping], key: str) -> tuple[list[float], list[flo
 
 def plot_history(history: Sequence[Mapping], *, keys: Sequence[str] | None = None,
                  axes: Sequence[Axes] | None = None) -> Figure:
-    """Training curves: losses on the left, pixel accuracy and mIoU on the right, one point per epoch.
+    """Training curves: losses on the left, the other ``keys`` (default pixel accuracy and mIoU) on the right.
 
-    ``history`` is a list of per-epoch dicts (``epoch``, ``train_loss``,
-    ``val_loss``, ``val_pixel_acc``, ``val_miou``); missing keys or epochs are
-    skipped, so it can be drawn after the first epoch. ``keys`` picks what to
-    draw (names ending in ``loss`` go left, the rest right). Pass the two
-    ``axes`` of an earlier call to redraw in place, as a live plot does each epoch.
+    Missing keys or epochs of ``fit``'s history are skipped, so it can be drawn after
+    the first epoch; the two ``axes`` of an earlier call are redrawn in place.
     """
-    keys = tuple(keys) if keys is not None else _LOSS_KEYS + _SCORE_KEYS
+    keys = tuple(keys) if keys is not None else _HISTORY_KEYS
     if axes is None:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     if len(axes) != 2:
@@ -359,12 +309,9 @@ def _in_notebook() -> bool:
 
 
 class LivePlot:
-    """Loss and mIoU curves in a notebook, redrawn in place after each epoch of ``fit``.
+    """Loss and mIoU curves in a notebook (``enabled=None``: only there), redrawn in place after each epoch.
 
-    ``display_id`` makes Jupyter replace the figure rather than append one per
-    epoch; the figure is closed in pyplot right away (it can still be drawn and
-    shown), so the inline backend does not show it a second time when the cell
-    ends. ``enabled=None`` means "only inside a notebook": a terminal run stays text.
+    The figure is closed in pyplot at once, so the inline backend does not show it again when the cell ends.
     """
 
     def __init__(self, enabled: bool | None = None) -> None:

@@ -1,12 +1,9 @@
-"""Data for the book: real Pascal VOC2012 or its offline toy twin, behind one loader.
+"""Data for the book: real Pascal VOC2012 or its offline toy twin, behind one loader (this file only re-exports).
 
-* :mod:`~segbook.data.voc`: the VOC2012 reader, its classes and palette (labels read as palette indices);
-* :mod:`~segbook.data.download`: VOC2012's archive, checked and unpacked;
-* :mod:`~segbook.data.sources`: which data to use (``get_voc_dir``) and ``load_voc``;
-* :mod:`~segbook.data.transforms`: joint image and mask augmentation (``transforms.v2``);
-* :mod:`~segbook.data.loaders`: seeded training batches, padded whole validation images;
-* :mod:`~segbook.data.folder`: your own images and class-id PNGs (CamVid-style folders);
-* :mod:`~segbook.data.toy`, :mod:`~segbook.data.context`, :mod:`~segbook.data.synthetic`: the generated sets.
+``voc`` reads VOC2012 (labels as palette indices), ``download`` fetches it,
+``sources`` picks the data (``get_voc_dir``, ``load_voc``), ``transforms`` augments
+image and mask together, ``loaders`` batches them, ``folder`` reads your own
+images; ``toy``, ``context`` and ``synthetic`` generate the offline sets.
 """
 from __future__ import annotations
 

@@ -1,32 +1,11 @@
 """A VOC-format set where only context decides the class: the same vehicle is a car on a road, a boat on water.
 
-PSPNet's motivating failure (Zhao et al., 2017, Fig. 2) is a boat labelled
-"car": up close they look alike, and only the water around it says boat. This
-set isolates that failure so a CPU can show it in seconds:
-
-* every image holds one object, drawn by a generator that never learns the
-  scene: its silhouette (a generic hull and cabin), texture, colours, size,
-  place and sensor noise come from a random stream of their own. Swap the
-  scene and the object's pixels stay exactly the same (a test checks it), so
-  appearance carries no information about the class;
-* the object sits on a plain **mat** (a parking bay, a pontoon: a neutral
-  rounded rectangle ``margin`` pixels wider than the object), and the mat in a
-  **near field**, a ``ring`` pixels wide band of road or water chosen by a coin
-  flip that never sees the scene: half the cars are ringed by water and half
-  the boats by road. Both are drawn by the object's stream, so everything
-  within ``margin + ring`` pixels of the object says nothing about the class;
-* the rest of the image, most of it, is the **scene**, unlabelled background:
-  grey asphalt with dashed lane marks (the object is a car, VOC id 7) or blue
-  water with ripples (a boat, VOC id 4). A network that pools over the whole
-  image sees it at once; a classifier whose effective receptive field stays
-  near the object sees a coin flip;
-* car and boat are exactly balanced in every split.
-
-:func:`make_context_voc` writes it in VOC's own layout (JPEG images, palette
-PNG labels with VOC's palette, a 255 band along each outline, split files and
-the toy set's marker file), so :class:`~segbook.data.VOCSegmentation`,
-``load_voc``'s transforms and ``torchvision.datasets.VOCSegmentation`` read it
-unchanged. The drawing primitives are the toy set's (:mod:`segbook.data.toy`).
+PSPNet's motivating failure (Zhao et al., 2017, Fig. 2) is a boat labelled "car".
+A generic vehicle, its mat and a near field ``ring`` pixels wide (road or water
+by a coin flip) are drawn by random streams that never see the scene; only the
+scene beyond (asphalt: car; water: boat) tells the class. A network that pools
+over the whole image sees it; one whose effective receptive field stays near the
+object sees a coin flip. Every split is exactly balanced.
 """
 from __future__ import annotations
 
@@ -51,7 +30,6 @@ CONTEXT_SIZE = (96, 32)  # (train, val) images by default
 _UNIT_AREA = 1.2  # the hull's area at size 1, in size^2: sets the size for a wanted area
 
 
-# --------------------------------------------------------------------------- the scenes
 def _road(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Grey asphalt with grain and dashed lane marks (white or yellow) at a small random angle."""
     grey = rng.uniform(70, 120)
@@ -92,12 +70,8 @@ def _water(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 _SCENE_PAINTERS = {"road": _road, "water": _water}
 
 
-# --------------------------------------------------------------------------- the object and its mat
 def _hull(u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """A generic vehicle: a long rounded body and a cabin; nothing in it says car or boat.
-
-    Returns the mask and the cabin's height (in units of size), which the mat needs.
-    """
+    """A generic vehicle (body and cabin); returns the mask and the cabin's height, which the mat needs."""
     cabin, front = rng.uniform(0.3, 0.5), rng.uniform(0.35, 0.7)
     body = box(u, v, -1.0, 1.0, -0.05, 0.35, r=rng.uniform(0.08, 0.18))
     body |= polygon(u, v, [(-0.65, 0.0), (-0.45, -cabin), (front - 0.25, -cabin), (front, 0.0)])
@@ -106,7 +80,7 @@ def _hull(u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> tuple[np.nd
 
 def _paint_object(rng: np.random.Generator, image: np.ndarray, mask_out: np.ndarray, area_range, margin: float,
                   ring: float, near: np.ndarray | None):
-    """Draw the near field, the mat and the object over ``image``; mark the object in ``mask_out``. False if it barely shows."""
+    """Draw near field, mat and object over ``image``, mark the object in ``mask_out``; False if it barely shows."""
     height, width = mask_out.shape
     area = np.exp(rng.uniform(np.log(area_range[0]), np.log(area_range[1]))) * height * width  # log-uniform
     size = np.sqrt(area / _UNIT_AREA)
@@ -144,13 +118,11 @@ def context_sample(seed: int | np.random.SeedSequence, scene: str, size: tuple[i
                    border: int = 1, noise: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
     """One (image uint8 (H, W, 3), label uint8 (H, W)) pair: the object of ``seed`` in ``scene``.
 
-    ``scene`` is ``"road"`` (the object is labelled car) or ``"water"`` (boat).
-    ``seed`` is split into four independent streams: the scene's, the
-    object's (with its mat and the choice of near-field texture), the near
-    field's and the sensor noise's. Only the first depends on ``scene``, so the
-    same seed in the other scene gives the very same pixels within
-    ``margin + ring`` of the object, and the same outline: what a chapter shows
-    side by side, and what the tests check.
+    ``scene`` is ``"road"`` (car) or ``"water"`` (boat). ``seed`` splits into four
+    independent streams: the scene's, the object's (with its mat and the choice of
+    near-field texture), the near field's and the sensor noise's. Only the first
+    depends on ``scene``, so the same seed in the other scene gives the very same
+    pixels within ``margin + ring`` of the object.
     """
     if scene not in SCENES:
         raise ValueError(f"scene={scene!r}: use one of {', '.join(SCENES)}.")
@@ -175,20 +147,16 @@ def context_sample(seed: int | np.random.SeedSequence, scene: str, size: tuple[i
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), border_band(label, border)
 
 
-# --------------------------------------------------------------------------- writing the set
 def make_context_voc(root: os.PathLike | str, *, num_train: int = CONTEXT_SIZE[0], num_val: int = CONTEXT_SIZE[1],
                      seed: int = 0, size: tuple[int, int] = (96, 128), margin: float = 3.0, ring: float = 8.0,
                      area_range: tuple[float, float] = (0.04, 0.10), border: int = 1, noise: float = 3.0,
                      jpeg_quality: int = 90) -> Path:
-    """Write the context set under ``root/VOCdevkit/VOC2012`` and return that folder.
+    """Write the context set under ``root/VOCdevkit/VOC2012`` and return that folder; same arguments, same bytes.
 
-    ``size``: (H, W) of every image. ``margin``: how far the plain mat reaches
-    beyond the object, in pixels; ``ring``: the width of the near field around
-    the mat (0: none, the scene starts at the mat). ``area_range``: the object's area as a
-    fraction of the image (log-uniform). ``border``: half-width of the 255 band.
-    Each split is exactly half road (car) and half water (boat), in a shuffled
-    order. The same arguments give the same bytes. JPEGs are written without
-    chroma subsampling, so the water's colour does not bleed 16 pixels into the mat.
+    ``size``: (H, W) of every image; ``margin``: how far the mat reaches beyond the
+    object, in pixels; ``ring``: the near field's width (0: none); ``area_range``: the
+    object's area as a fraction of the image (log-uniform). JPEGs are written without
+    chroma subsampling, so the water's colour does not bleed into the mat.
     """
     if num_train < 2 or num_val < 2:
         raise ValueError(f"num_train={num_train} and num_val={num_val}: each split needs at least one car "
@@ -216,12 +184,7 @@ def make_context_voc(root: os.PathLike | str, *, num_train: int = CONTEXT_SIZE[0
 
 def get_context_voc_dir(root: os.PathLike | str | None = None, *, seed: int = 0, num_train: int = CONTEXT_SIZE[0],
                         num_val: int = CONTEXT_SIZE[1], **kwargs) -> Path:
-    """The context set for these settings, generated once into ``root`` (default ``data_home()``) and reused.
-
-    It is written into a temporary folder renamed into place only when complete,
-    so an interrupted generation never leaves a half-made set that a later call
-    would trust. Extra keywords go to :func:`make_context_voc` and name the folder.
-    """
+    """The context set for these settings (``kwargs`` go to :func:`make_context_voc`), generated once and reused."""
     parent = Path(root).expanduser() if root is not None else data_home()
     name = f"context_voc_v{CONTEXT_VERSION}_seed{seed}_{num_train}x{num_val}"
     name += "".join(f"_{key}{value}" for key, value in sorted(kwargs.items())).replace(" ", "")

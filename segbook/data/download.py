@@ -1,11 +1,8 @@
 """Download Pascal VOC2012 once, check it, and never leave a half-made copy.
 
-The archive is about 2 GB, so every step is built to be safe to interrupt:
-the bytes stream into a temporary file, the MD5 is checked before anything is
-unpacked, and the archive is unpacked into a temporary folder next to the
-target that is renamed into place only when it is complete. If a folder named
-``VOCdevkit/VOC2012`` exists, it is therefore whole, and a second call returns it
-without touching the network.
+The 2 GB archive streams into a temporary file, its MD5 is checked before
+anything is unpacked, and it is unpacked beside the target and renamed into
+place when complete: a ``VOCdevkit/VOC2012`` folder is therefore whole.
 """
 from __future__ import annotations
 
@@ -52,7 +49,7 @@ def is_complete(voc_dir: Path) -> bool:
 
 
 def _missing_files(voc_dir: Path) -> list[Path]:
-    """Images and labels that any split file names but the folder lacks (see :func:`voc.missing_files`)."""
+    """Images and labels that any split file names but the folder lacks."""
     split_files = sorted((voc_dir / "ImageSets" / "Segmentation").glob("*.txt"))
     ids = list(dict.fromkeys(i for split_file in split_files for i in split_ids(split_file)))
     return missing_files(voc_dir, ids)
@@ -80,8 +77,8 @@ def _fetch(url: str, dest: Path, *, progress: bool, timeout: float) -> None:
 def _check_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
     """Refuse any member that would land outside the target folder (absolute paths, '..', outward links).
 
-    ``filter="data"`` (Python 3.12, and patch releases of 3.8-3.11) refuses these too;
-    this check makes the same promise on every Python and names the member.
+    ``filter="data"`` (Python 3.12, and patch releases of 3.8-3.11) refuses these
+    too; this check makes the promise on every Python and names the member.
     """
     members = tar.getmembers()
     for member in members:
@@ -125,17 +122,11 @@ def _extract(archive: Path, root: Path, target: Path, *, progress: bool) -> None
 
 def download_voc2012(root: os.PathLike | str | None = None, *, url: str = VOC_URL, md5: str = VOC_MD5,
                      progress: bool = True, mirrors: Sequence[str] = VOC_MIRRORS, timeout: float = 60.0) -> Path:
-    """Return ``root/VOCdevkit/VOC2012``, downloading and extracting VOC2012 only if it is not there yet.
+    """Return ``root/VOCdevkit/VOC2012`` (default ``data_home()/"voc"``), downloading VOC2012 only if it is not there.
 
-    ``root`` defaults to ``segbook.settings.data_home() / "voc"``. ``url`` is tried
-    first, then each of ``mirrors``. A ``VOCtrainval_11-May-2012.tar`` already in
-    ``root`` (one fetched by hand) is checked and used instead of the network.
-    The archive is removed after a successful extraction if this call fetched
-    it; one you put there is left alone.
-
-    Raises ``ChecksumError`` when no source gave an archive with ``md5`` and
-    ``ConnectionError`` when none could be reached; both say how to get VOC2012
-    by hand. Nothing half-made is left behind: no partial archive, no partial folder.
+    ``url`` is tried first, then ``mirrors``. An archive already in ``root`` (fetched
+    by hand) is checked and used, and left there; one this call fetched is removed.
+    ``ChecksumError`` or ``ConnectionError`` when no source served, saying how to get VOC2012 by hand.
     """
     root = Path(root).expanduser() if root is not None else data_home() / "voc"
     target = root / VOC_SUBDIR

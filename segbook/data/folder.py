@@ -1,17 +1,10 @@
-"""Segmentation data in plain folders (CamVid-style): your own images and class-id PNGs.
-
-VOC's split files and palette are one convention; many datasets (CamVid,
-Cityscapes exports, labels made with an annotation tool) are simply two
-folders of files that share a name. :class:`FolderSegmentation` reads either
-layout (``layout=``)::
+"""Segmentation data in plain folders (CamVid-style): your own images and class-id PNGs, in one of two layouts::
 
     "nested":  root/<split>/images/<stem>.png|.jpg|.jpeg   root/<split>/labels/<stem><label_suffix>.png
     "camvid":  root/<split>_images/<stem>.png|.jpg|.jpeg   root/<split>_labels/<stem><label_suffix>.png
 
-(the second is the ``train_images/``, ``valid_labels/`` ... layout CamVid is often
-shared in) with the same item contract as :class:`~segbook.data.voc.VOCSegmentation`,
-so every loader, model and metric of the book works on it unchanged.
-:func:`load_folder` gives train and validation loaders with ``load_voc``'s transforms.
+Items keep :class:`~segbook.data.voc.VOCSegmentation`'s contract, so every loader,
+model and metric of the book works on them unchanged.
 """
 from __future__ import annotations
 
@@ -59,22 +52,13 @@ def _name_some(paths: list[Path], limit: int = 3) -> str:
 
 
 class FolderSegmentation(Dataset):
-    """Image/label pairs from ``root/<split>/images`` and ``root/<split>/labels`` (or ``<split>_images``...).
+    """Image/label pairs of one split in ``layout``, items as :class:`VOCSegmentation`'s.
 
-    An item is ``(image, label)``: uint8 (3, H, W) and int64 (H, W); with
-    ``transforms`` it is ``transforms(tv_tensors.Image(image), tv_tensors.Mask(label))``.
-    Labels are single-channel PNGs (mode L, P or 16-bit) whose values are class
-    ids; an RGB label is refused, because decoding colours is how "ignore"
-    pixels silently become a class.
-
-    The number of classes is the caller's to know: pass ``num_classes`` to have
-    every label checked against it (ids >= num_classes raise, naming the file).
-    ``ignore_index`` is the value your files use for "ignore" (CamVid's "void"
-    is often 11); it is mapped to 255, the book's ignore value, which is always
-    allowed. ``label_suffix`` covers names like ``0001TP_006690_L.png``.
-    Every image needs a label and every label an image: a stray file is an
-    error, never silently dropped. ``layout`` is ``"nested"`` (``<split>/images``)
-    or ``"camvid"`` (``<split>_images``, as in ``train_images/``, ``valid_labels/``).
+    Labels are single-channel PNGs whose values are class ids; RGB is refused, since
+    decoding colours is how "ignore" pixels silently become a class. ``num_classes``
+    checks every label; ``ignore_index``, your files' "ignore" value (CamVid's "void"
+    is often 11), becomes 255; ``label_suffix`` covers names like ``0001TP_006690_L.png``.
+    A stray image or label is an error, never silently dropped.
     """
 
     def __init__(self, root: os.PathLike | str, split: str = "train", transforms: Callable | None = None, *,
@@ -178,30 +162,12 @@ def load_folder(root: os.PathLike | str, batch_size: int, crop_size: int | tuple
                 label_suffix: str = "", ignore_index: int | None = None, num_workers: int | None = None,
                 scale_range: tuple[float, float] | None = (0.5, 2.0), val_batch_size: int | None = None,
                 seed: int = 0, verbose: bool = True) -> tuple[DataLoader, DataLoader]:
-    """Train and validation loaders for a folder dataset, built exactly as ``load_voc`` builds VOC's.
+    """Train and validation loaders for a folder dataset, built exactly as :func:`~segbook.data.load_voc` builds VOC's.
 
-    The same pieces as :func:`segbook.data.load_voc`: ``train_transforms(crop_size,
-    scale_range)`` with the seeded sampler (``SeededShuffle`` / ``SeededItems``: the
-    same ``seed`` gives the same batches whatever the workers), ``eval_transforms()``
-    on whole validation images collated by ``pad_collate``, ``default_num_workers()``.
-    So a model trained on CamVid goes through the code the VOC chapters test.
-
-    Args:
-        root: the dataset folder, in ``layout`` (``"nested"``: ``<split>/images``,
-            ``<split>/labels``; ``"camvid"``: ``<split>_images``, ``<split>_labels``).
-        num_classes: K; every label is checked against it when read (ids >= K raise,
-            naming the file).
-        class_names, palette: one name and one (r, g, b) per class, for the figures;
-            kept on both datasets as ``.class_names`` and ``.palette`` (``None``: the
-            figures number the classes and generate colours).
-        val_split: the validation split's name; ``None`` takes ``"val"`` or, failing that,
-            ``"valid"`` (CamVid's usual name), whichever the root holds.
-        label_suffix, ignore_index: see :class:`FolderSegmentation`.
+    ``class_names`` and ``palette`` (one per class, for the figures) are kept on both
+    datasets. ``val_split=None`` takes ``"val"`` or else ``"valid"`` (CamVid's).
     """
-
-    _check_class_table(num_classes, class_names, palette)
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r}: use one of {', '.join(map(repr, LAYOUTS))}.")
+    _check_class_table(num_classes, class_names, palette)  # the layout is checked by FolderSegmentation
     root = Path(root).expanduser()
     if val_split is None:
         present = _splits_in(root, layout)

@@ -1,8 +1,7 @@
 """How the book's loaders batch: seeded order and augmentations for training, padded whole images for validation.
 
-Both rules exist so that a number does not depend on an accident: the
-training batches not on the number of worker processes (or on a resume), a
-validation score not on which images happened to share a batch.
+So that the training batches do not depend on the number of workers (or a
+resume), nor a validation score on which images shared a batch.
 """
 from __future__ import annotations
 
@@ -19,13 +18,7 @@ __all__ = ["PaddedBatch", "SeededItems", "SeededShuffle", "default_num_workers",
 
 
 class PaddedBatch(tuple):
-    """``(images, masks)`` padded to a common size, with each image's own ``(H, W)`` in ``sizes``.
-
-    It unpacks like the plain pair (``images, masks = batch``), so code that
-    only wants tensors is untouched, while :func:`segbook.train.evaluate`
-    reads ``sizes`` to cut the padding off and score each image alone: a score
-    that does not depend on which images happened to share a batch.
-    """
+    """``(images, masks)`` padded to a common size; ``sizes`` holds each image's own (H, W), to cut the padding off."""
 
     sizes: tuple[tuple[int, int], ...]
 
@@ -42,14 +35,10 @@ class PaddedBatch(tuple):
 
 
 def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> PaddedBatch:
-    """Stack (image, mask) pairs of different sizes by padding each at the bottom and right.
+    """Stack (image, mask) pairs of different sizes, padded at the bottom and right: resizing would change the labels.
 
-    Validation scores whole images, as VOC's metric does, and images differ in
-    size; resizing them would change the labels being scored. Padding keeps every
-    pixel where it was: images get 0 (ImageNet's mean colour once normalised, the
-    fill of training crops and sliding windows too) and masks get 255, so padded
-    pixels are ignored by the loss and the metrics. The batch remembers each
-    image's size, so evaluation can score every image without the padding.
+    Images get 0 (ImageNet's mean once normalised, the fill of training crops and
+    sliding windows too), masks 255, so padding is never scored.
     """
     height = max(image.shape[-2] for image, _ in batch)
     width = max(image.shape[-1] for image, _ in batch)
@@ -63,15 +52,11 @@ def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> PaddedBatch:
 
 
 class SeededShuffle(Sampler):
-    """A shuffled order plus one random seed per item, both drawn from one generator.
+    """A shuffled order plus one random seed per item, both drawn from one generator that is the sampler's alone.
 
-    The loader's randomness then lives in the sampler alone: the same generator
-    seed gives the same batches, augmentations included, whatever the number
-    of worker processes (each item re-seeds torch's RNG with its own seed),
-    provided the generator is the sampler's alone (see :func:`segmentation_loaders`).
-
-    Each epoch first draws one number it does not use, so that the stored results, recorded when the
-    DataLoader drew its workers' seed from this generator, keep their batches.
+    Each item re-seeds torch's RNG with its own seed, so the same generator seed
+    gives the same batches, augmentations included, whatever the number of workers.
+    Each epoch first draws one unused number, so the stored results keep their batches.
     """
 
     def __init__(self, size: int, generator: torch.Generator) -> None:
@@ -114,18 +99,11 @@ def segmentation_loaders(train_set: Dataset, val_set: Dataset, batch_size: int, 
                          num_workers: int | None = None, seed: int = 0) -> tuple[DataLoader, DataLoader]:
     """The book's two loaders over any pair of segmentation datasets (VOC, the toy set, a folder).
 
-    Train: reshuffled every epoch, each item's random transforms drawn from its
-    own seed, all from one generator seeded with ``seed`` (so the batches do not
-    depend on ``num_workers``); the last incomplete batch is dropped unless the
-    split is no larger than a batch. Validation: in order, whole images collated
-    by :func:`pad_collate`, whose batches carry each image's size.
-
-    The sampler and the DataLoader get generators of their own. A DataLoader
-    draws its workers' base seed from its generator every time it starts an
-    iterator, except that ``persistent_workers`` start one iterator only; had
-    it shared the sampler's generator, that draw would shift the order of every
-    later epoch by an amount that depends on the worker count, and a run
-    resumed after a kill (a fresh iterator) would see other batches.
+    Train: :class:`SeededShuffle` from ``seed``, the last incomplete batch dropped unless
+    the split is no larger than a batch; validation: in order, :func:`pad_collate`. The
+    DataLoaders get generators of their own: a DataLoader draws its workers' seed at
+    every new iterator (once with ``persistent_workers``), which would shift a shared
+    sampler by an amount that depends on the worker count.
     """
     workers = default_num_workers() if num_workers is None else num_workers
     order = torch.Generator().manual_seed(seed)  # the order and every item's seed; torch's global RNG is not used

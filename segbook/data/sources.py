@@ -1,11 +1,8 @@
 """Where the book's data comes from: real VOC2012 on disk or downloaded, or the toy set generated offline.
 
-A chapter asks for ``load_voc(batch_size, crop_size)`` and gets the real
-VOC2012 when it is on disk, else a toy set generated offline in VOC's exact
-file layout. Both go through the same reader (:class:`VOCSegmentation`) and the
-same transforms, so the quick profile runs the very code the full one does.
-The data layer reports what it found; choosing the profile is
-:func:`segbook.env.setup`'s.
+Both go through the same reader and transforms, so the quick profile runs the
+full one's code. The data layer reports what it found; the profile is
+:func:`segbook.env.setup`'s to choose.
 """
 from __future__ import annotations
 
@@ -30,10 +27,8 @@ SOURCES = ("auto", "voc", "toy")
 def find_voc_dir(root: os.PathLike | str | None = None) -> Path | None:
     """Real VOC2012 already on disk, or None; nothing is downloaded.
 
-    Looks in ``root`` when given, else in ``SEGBOOK_VOC_ROOT`` and then in
-    ``data_home()/"voc"`` (where :func:`download_voc2012` puts it). Each may be
-    the VOC2012 folder itself or a folder above it. A generated toy set (it
-    carries a marker file) is never taken for the real one.
+    Looks in ``root``, else in ``SEGBOOK_VOC_ROOT`` and then ``data_home()/"voc"``
+    (the folder itself or one above it). A generated set is never taken for VOC2012.
     """
     if root is not None:
         candidates = [Path(root).expanduser()]
@@ -47,7 +42,7 @@ def find_voc_dir(root: os.PathLike | str | None = None) -> Path | None:
 
 
 def no_voc_message(root: os.PathLike | str) -> str:
-    """Why ``root`` is not a dataset folder, and what was expected inside it (for the reader and the CLI)."""
+    """Why ``root`` is not a dataset folder, and what was expected inside it."""
     root = Path(root).expanduser()
     if not root.exists():
         said = f"{root} does not exist"
@@ -60,7 +55,7 @@ def no_voc_message(root: os.PathLike | str) -> str:
 
 
 def _toy_voc_dir(root: Path | None, seed: int, num_train: int, num_val: int) -> Path:
-    """The toy set for these settings, generated once (see :func:`generate_once`); later calls reuse it."""
+    """The toy set for these settings, generated once (:func:`generate_once`) and reused."""
     parent = Path(root).expanduser() if root is not None else data_home()
     name = f"toy_voc_v{TOY_VERSION}_seed{seed}"
     if (num_train, num_val) != TOY_SIZE:
@@ -70,26 +65,17 @@ def _toy_voc_dir(root: Path | None, seed: int, num_train: int, num_val: int) -> 
 
 
 def _split_size(voc: Path, split: str) -> int:
-    lines = (voc / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
-    return len(lines)
+    return len((voc / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split())
 
 
 def get_voc_dir(source: str = "auto", root: os.PathLike | str | None = None, *, download: bool = True,
                 verbose: bool = True, toy_seed: int = 0, toy_size: tuple[int, int] = TOY_SIZE) -> Path:
     """The VOC2012 folder to train on (the one holding ``JPEGImages/``); says which in one line.
 
-    ``source``:
-
-    * ``"auto"``: real VOC2012 when it is already on disk (see :func:`find_voc_dir`), else the toy set;
-    * ``"voc"``: real VOC2012, downloaded into ``data_home()/"voc"`` when missing (if ``download``);
-      when that cannot be done, an error says how to get VOC2012 by hand (a notebook that asked
-      for the full profile found VOC2012 in :func:`segbook.env.setup` already);
-    * ``"toy"``: the toy set (``toy_size`` = (train, val) images, ``toy_seed``), generated once into
-      ``root`` or ``data_home()`` as ``toy_voc_v<version>_seed<seed>`` and reused afterwards.
-
-    A ``root`` the caller gives names the data: it is never swapped for other data. With ``"voc"``
-    or ``"auto"`` it must hold VOC2012 (``"voc"`` downloads into it when ``download``) or, for
-    ``"auto"``, a toy set; otherwise a ``FileNotFoundError`` names it and what was expected inside.
+    ``source``: ``"auto"``, VOC2012 if it is on disk, else the toy set; ``"voc"``,
+    VOC2012, downloaded into ``data_home()/"voc"`` when missing (if ``download``);
+    ``"toy"``, the toy set (``toy_size`` = (train, val) images), generated once. A
+    ``root`` the caller gives is never swapped for other data: an error names what it lacks.
     """
     if source not in SOURCES:
         raise ValueError(f"source={source!r}: use one of {SOURCES}.")
@@ -134,14 +120,11 @@ def _download_or_toy(source: str, download: bool, toy_seed: int, toy_size: tuple
 
 
 def check_labels(dataset: Dataset, *, progress: bool = False, desc: str = "checking labels") -> list[tuple[int, int]]:
-    """Read every label of ``dataset`` (and the size of its image) now, so a bad file stops the run before epoch 1.
+    """Read every label of ``dataset`` (and its image's size) now, so a bad file stops the run before epoch 1.
 
-    A corrupt or re-saved label otherwise surfaces when the loader reaches it,
-    perhaps at the end of the first validation, an epoch of work later. The
-    error names that one file and how to restore it. Takes a
-    :class:`VOCSegmentation` or :class:`FolderSegmentation` (also wrapped, as
-    ``load_voc``'s training set is); returns each image's ``(H, W)``, which the
-    command line uses to check the crop size against the images.
+    Otherwise a corrupt label surfaces when the loader reaches it, perhaps an epoch
+    of work later. Takes a :class:`VOCSegmentation` or :class:`FolderSegmentation`,
+    also wrapped; returns each image's ``(H, W)``.
     """
     from PIL import Image
     from tqdm.auto import tqdm
@@ -177,13 +160,9 @@ def load_voc(batch_size: int, crop_size: int | tuple[int, int], source: str = "a
              seed: int = 0, verbose: bool = True) -> tuple[DataLoader, DataLoader]:
     """Train and validation loaders for VOC2012 (real or toy, see :func:`get_voc_dir`).
 
-    Train: random scale, ``crop_size`` crop (padded with 255 when needed) and
-    flip, reshuffled every epoch by a generator seeded with ``seed``; the last
-    incomplete batch is dropped unless the split is no larger than a batch.
-    Validation: whole images, normalised only, padded to a common size per
-    batch by :func:`pad_collate`; the batches carry each image's size, so
-    :func:`~segbook.train.evaluate` scores every image alone, at its own
-    size, whatever ``val_batch_size`` is.
+    Train: random scale, ``crop_size`` crop and flip (see :func:`~segbook.data.segmentation_loaders`).
+    Validation: whole images, normalised only; :func:`~segbook.train.evaluate`
+    scores each alone at its own size, whatever ``val_batch_size`` is.
     """
     voc = get_voc_dir(source, root, verbose=verbose)
     train_set = VOCSegmentation(voc, "train", transforms=train_transforms(crop_size, scale_range))

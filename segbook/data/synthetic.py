@@ -1,14 +1,8 @@
 """What the generated data sets share: VOC's folder layout written once, and the drawing primitives.
 
-The toy VOC set (:mod:`segbook.data.toy`) and the context set
-(:mod:`segbook.data.context`) are both drawn offline and written in VOC2012's
-exact conventions (JPEG images, palette PNG labels with VOC's palette, split
-files, ids like ``2007_000032``), generated once into the data home and reused
-(:func:`generate_once`). The primitives take object-frame coordinates (u, v),
-in units of the object's size, and return bool (h, w) masks; the textures map
-pixel-frame coordinates (x, y) to a mix t in [0, 1] between an object's two
-colours. Periods are in pixels, so a small object shows the same texture as a
-large one.
+Shapes take coordinates (u, v) in units of the object's size and return bool
+masks; textures map pixel coordinates (x, y) to a mix in [0, 1] of two colours,
+with periods in pixels, so a small object shows the same texture as a large one.
 """
 from __future__ import annotations
 
@@ -25,20 +19,16 @@ from PIL import Image
 
 from .voc import IGNORE_INDEX, TOY_MARKER, voc_palette
 
-__all__ = ["CLUTTER_TEXTURES", "border_band", "box", "capsule", "checker", "color_pair", "dots", "ellipse",
-           "fur", "generate_once", "gradient", "new_voc_folder", "object_frame", "panels", "polygon", "smooth_noise", "stripes",
-           "toy_ids", "write_sample", "write_splits"]
-
-
-# -- the folder ------------------------------------------------------------------------------------
+__all__ = ["CLUTTER_TEXTURES", "border_band", "box", "capsule", "checker", "color_pair", "dots", "ellipse", "fur",
+           "generate_once", "gradient", "new_voc_folder", "object_frame", "panels", "polygon", "smooth_noise",
+           "stripes", "toy_ids", "write_sample", "write_splits"]
 
 
 def generate_once(parent: Path, name: str, make: Callable[[Path], object], what: str) -> Path:
     """``parent/name/VOCdevkit/VOC2012``, made by ``make(folder)`` the first time and reused after.
 
-    It is written into a temporary folder that is renamed into place only when
-    complete, so an interrupted generation never leaves a half-made set that a
-    later call would trust (a finished set carries the toy marker file).
+    Written into a temporary folder renamed into place when complete, so an
+    interrupted run never leaves a half-made set that a later call would trust.
     """
     final = parent / name
     voc = final / "VOCdevkit" / "VOC2012"
@@ -61,11 +51,7 @@ def generate_once(parent: Path, name: str, make: Callable[[Path], object], what:
 
 
 def new_voc_folder(root: os.PathLike | str, maker: str) -> Path:
-    """``root/VOCdevkit/VOC2012`` with its three subfolders, refused if it already holds files.
-
-    A generated set never mixes with another (or with a real VOC2012); ``maker``
-    names the function that refuses, for the message.
-    """
+    """``root/VOCdevkit/VOC2012`` with its three subfolders, refused (naming ``maker``) if it already holds files."""
     voc = Path(root).expanduser() / "VOCdevkit" / "VOC2012"
     if voc.exists() and any(voc.iterdir()):
         raise FileExistsError(f"{voc} already holds files; {maker} writes only into an empty folder. "
@@ -97,9 +83,6 @@ def toy_ids(count: int) -> list[str]:
     return [f"{2007 + i * 6 // max(count, 1)}_{32 + 7 * i:06d}" for i in range(count)]
 
 
-# -- shapes ----------------------------------------------------------------------------------------
-
-
 def ellipse(u, v, cu, cv, a, b):
     return ((u - cu) / a) ** 2 + ((v - cv) / b) ** 2 <= 1.0
 
@@ -126,9 +109,6 @@ def polygon(u, v, points):
         signs.append((u1 - u0) * (v - v0) - (v1 - v0) * (u - u0))
     signs = np.stack(signs)  # (edges, h, w)
     return (signs >= 0).all(0) | (signs <= 0).all(0)
-
-
-# -- textures and colours ----------------------------------------------------------------------------
 
 
 def gradient(x, y, rng):
@@ -176,10 +156,7 @@ def color_pair(rng, hue, contrast):
 
 
 def object_frame(height, width, cx, cy, size, angle, aspect, mirror, reach):
-    """Object-frame coordinates on the part of the image the object can reach; None when off-image.
-
-    Returns the image slice and (u, v) in units of ``size``, and (x, y) in pixels along the object's axes.
-    """
+    """Where an object can reach: the image slice, (u, v) in units of ``size``, (x, y) in pixels; None if off-image."""
     r = reach * size * max(aspect, 1 / aspect)
     y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 2, height)
     x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 2, width)

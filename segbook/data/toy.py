@@ -1,30 +1,10 @@
 """A toy Pascal VOC2012, drawn offline in seconds, that a CPU model can learn in a minute.
 
-The book's quick profile cannot download 2 GB, yet it should exercise the very
-code path of the full one: the same reader, the same transforms, the same
-255 border band. So :func:`make_toy_voc` writes ``root/VOCdevkit/VOC2012`` in
-VOC's own file conventions (RGB JPEGs, palette PNG labels with VOC's palette,
-split files, ids like ``2007_000032``), and ``torchvision.datasets.VOCSegmentation``
-reads it unchanged.
-
-The pictures are made so that a segmentation network has to learn what VOC
-asks of it, only smaller:
-
-* each class has its own **shape family** (an aeroplane is a fuselage with
-  swept wings, a car a body with two dark wheels, ...), drawn at a random
-  scale, aspect, rotation and mirror;
-* each class has its own **texture family** (panel lines, stripes, checker,
-  speckle, dots); colours come from hue ranges that overlap between classes
-  (each class's range is ``hue_spread`` degrees wide, its neighbours' centres
-  are 72 degrees away), so colour is a hint but never decides the class;
-* the background is textured too (low-frequency noise, gradients) and holds
-  **clutter** (flat or textured blobs, bars and lines, a quarter of them in an
-  object's texture) that is labelled background, so texture alone is not
-  enough: the shape has to agree;
-* objects range from small to large, overlap, and are cut by the image border;
-  images are landscape or portrait, with sides of about 110 to 220 pixels;
-* a band of 255 ("ignore") runs along every object outline, between two
-  overlapping objects as well, as VOC's annotators drew it.
+Written in VOC's own layout, so the quick profile runs the full one's reader,
+transforms and 255 border band. Each class has its own shape family (a car is a
+body with two dark wheels) at random scale, aspect, rotation and mirror, and its
+own texture; hue ranges overlap, so colour is a hint, never the answer; the
+background holds clutter, some in an object's texture, so the shape must agree.
 """
 from __future__ import annotations
 
@@ -42,8 +22,8 @@ TOY_VERSION = 2  # bump when the pictures change, so cached copies are not reuse
 TOY_CLASSES = ("aeroplane", "bottle", "car", "cat", "person")  # the VOC classes that the toy set draws
 TOY_SIZE = (200, 50)  # (train, val) images by default: 25 batches of 8 an epoch, validation in seconds
 
-# --------------------------------------------------------------------------- the five shape families
-# Each returns (mask, dark): the object's pixels and an optional part drawn near-black (wheels).
+
+# The five shape families; each returns (mask, dark): the object's pixels and an optional near-black part (wheels).
 def _aeroplane(u, v, rng):
     sweep = rng.uniform(0.15, 0.45)
     span = rng.uniform(0.75, 1.0)
@@ -105,11 +85,7 @@ _FAMILIES = {
     "cat": (_cat, 20, 1.15),
     "person": (_person, 10, 0.88),
 }
-
-
 _TEXTURES = {"aeroplane": panels, "bottle": stripes, "car": checker, "cat": fur, "person": dots}  # one per class
-
-# --------------------------------------------------------------------------- drawing one picture
 
 
 def _background(rng, height, width, clutter):
@@ -192,30 +168,18 @@ def _toy_sample(rng, side_range, area_range, border, noise, clutter, hue_spread)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), border_band(label, border)
 
 
-# --------------------------------------------------------------------------- the public entry point
-
-
 def make_toy_voc(root: os.PathLike | str, *, num_train: int = TOY_SIZE[0], num_val: int = TOY_SIZE[1],
                  seed: int = 0, side_range: tuple[int, int] = (110, 220), area_range: tuple[float, float] = (0.05, 0.5),
                  border: int = 1, noise: float = 4.0, clutter: int = 5, hue_spread: float = 150.0,
                  jpeg_quality: int = 90) -> Path:
-    """Write a toy VOC2012 under ``root/VOCdevkit/VOC2012`` and return that folder.
+    """Write a toy VOC2012 under ``root/VOCdevkit/VOC2012`` and return that folder; same arguments, same bytes.
 
-    The same arguments give the same bytes (one NumPy generator drives every
-    random choice; PIL's JPEG and PNG writers are deterministic; only another
-    libjpeg build might round a JPEG differently), so a cached copy and a fresh
-    one agree. The defaults make 250 images in about two
-    seconds, which a small random-init FCN learns to a clearly non-trivial,
-    far from perfect mIoU in a few hundred SGD steps on a CPU.
-
-    ``area_range``: the area an object would cover, as a fraction of the image
-    (log-uniform, so small objects are as common as large ones; the border and
-    other objects may hide part of it). ``border``: the half-width of the 255
-    band in pixels (a 2-pixel band, VOC's 5 pixels scaled to these image sizes).
-    ``clutter``: at most this many background distractors per image.
-    ``hue_spread``: how wide each class's hue range is, in degrees (360: colour
-    carries no hint at all). The folder is refused if it already holds files:
-    a toy set never mixes with a real one.
+    The defaults make 250 images in about two seconds, which a small random-init
+    FCN learns to a clearly non-trivial, far from perfect mIoU in a few hundred CPU
+    steps. ``area_range``: an object's area as a fraction of the image (log-uniform:
+    small objects as common as large). ``border``: the 255 band's half-width.
+    ``clutter``: at most this many distractors. ``hue_spread``: each class's hue
+    range in degrees (360: colour carries no hint).
     """
     if num_train < 1 or num_val < 1:
         raise ValueError(f"num_train={num_train} and num_val={num_val}: both splits need at least one image.")

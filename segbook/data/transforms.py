@@ -1,23 +1,10 @@
 """Joint image + mask transforms for segmentation, on torchvision's transforms v2.
 
-A segmentation sample is two pictures that must move together: one random
-scale, crop and flip for the image and its label. ``transforms.v2`` does this
-when the pair is typed: called as ``t(tv_tensors.Image(img), tv_tensors.Mask(lbl))``
-each transform draws its random parameters once and applies them to both, and
-it treats a ``Mask`` as class ids, not colours:
-
-* resizing a Mask uses nearest neighbour, whatever the image uses, so class
-  ids are never blended into ids that do not exist (3 and 5 never become 4);
-* padding fills the mask with 255 ("ignore"), so padded pixels are never
-  trained on as background; the image is padded after normalisation, with 0,
-  i.e. ImageNet's mean colour: the same fill as the sliding windows of
-  :func:`segbook.train.predict` and the padded validation batches of
-  :func:`segbook.data.pad_collate`, so the network meets one kind of padding;
-* ``ToDtype(..., scale=True)`` and ``Normalize`` touch the image only.
-
-The output is a plain float image (3, h, w), normalised with ImageNet's mean
-and std (what the pretrained backbones of the full profile expect), and a
-plain int64 mask (h, w) whose values are the input's ids plus 255.
+Called as ``t(tv_tensors.Image(img), tv_tensors.Mask(lbl))``, each transform draws
+its random parameters once for both, resizes a Mask by nearest neighbour (ids 3
+and 5 never blend into 4) and pads it with 255. The image is padded after
+normalisation, with 0 (ImageNet's mean), as the sliding windows of prediction
+and the padded validation batches are: the network meets one kind of padding.
 """
 from __future__ import annotations
 
@@ -39,13 +26,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class RandomScale(v2.Transform):
-    """Resize image and mask by one factor drawn uniformly from ``scale_range`` (DeepLab's 0.5-2.0).
-
-    Unlike ``v2.RandomResize`` (absolute sizes) or ``v2.ScaleJitter`` (relative
-    to a target size), the factor is relative to the image itself, so a small
-    VOC image and a large one are jittered alike. The mask goes through
-    ``F.resize`` too, whose Mask kernel always uses nearest neighbour.
-    """
+    """Resize image and mask by one factor from ``scale_range`` (DeepLab's 0.5-2.0), relative to the image itself."""
 
     def __init__(self, scale_range: tuple[float, float]) -> None:
         super().__init__()
@@ -64,12 +45,7 @@ class RandomScale(v2.Transform):
 
 
 class ToPlainTensors(v2.Transform):
-    """The last step: a plain float image (3, h, w) and a plain int64 mask (h, w).
-
-    A Mask may carry a leading channel of 1 (e.g. from a (1, H, W) label); it
-    is squeezed so the loss gets (h, w) targets. Plain tensors keep the rest of
-    the pipeline (collate, loss, metrics) free of tv_tensor subclasses.
-    """
+    """The last step: a plain float image (3, h, w) and a plain int64 mask (h, w), a (1, h, w) mask squeezed."""
 
     _transformed_types = (tv_tensors.Image, tv_tensors.Mask, torch.Tensor)
 
@@ -92,16 +68,7 @@ def _normalize() -> list[v2.Transform]:
 
 def train_transforms(crop_size: int | Sequence[int], scale_range: tuple[float, float] | None = (0.5, 2.0),
                      hflip: bool = True) -> v2.Compose:
-    """Random scale, a random ``crop_size`` crop (padded when the image is smaller), a random flip.
-
-    Call it as ``t(tv_tensors.Image(image), tv_tensors.Mask(label))``.
-    ``crop_size`` is an int or (height, width). When the scaled image is smaller
-    than the crop, ``v2.RandomCrop(pad_if_needed=True)`` pads each short side by
-    the shortfall (mask with 255, image with ImageNet's mean colour, which is 0
-    once normalised: the crop comes after the normalisation for that reason) and
-    then crops, so the image lands at a random place inside the crop and the
-    padding is ignored by the loss. ``scale_range=None`` turns the random scale off.
-    """
+    """Random scale (``scale_range=None``: none), a ``crop_size`` crop, padded if the image is smaller, a flip."""
     steps: list[v2.Transform] = []
     if scale_range is not None:
         steps.append(RandomScale(scale_range))  # on uint8: the fast resize path

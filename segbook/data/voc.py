@@ -1,10 +1,8 @@
 """Pascal VOC2012 segmentation: class names, the palette, and the reader.
 
-VOC stores each label as a *palette* PNG: every pixel holds a class index
-(0..20, or 255 for the "difficult" border band), and the palette only says how
-to draw it. Reading the indices directly is both faster and exact; decoding the
-RGB colours back to classes (as many tutorials do) is slower and silently turns
-the 255 border into background.
+A VOC label is a palette PNG whose pixels hold class indices (0..20, 255 for the
+"difficult" border band). Reading the indices is fast and exact; decoding RGB
+colours back to classes (as many tutorials do) silently turns the 255 border into background.
 """
 from __future__ import annotations
 
@@ -21,10 +19,9 @@ from torchvision import tv_tensors
 
 IGNORE_INDEX = 255  # VOC's border / "difficult" band: ignored by the loss and the metrics
 
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor")
 NUM_CLASSES = len(VOC_CLASSES)  # 21
 
 
@@ -48,25 +45,17 @@ def voc_palette() -> list[int]:
     return [channel for i in range(256) for channel in _voc_color(i)]
 
 
-# --------------------------------------------------------------------------- reading files
-HOW_TO_GET_VOC = (
-    "Get VOC2012 with segbook.data.download_voc2012() (about 2 GB), or point SEGBOOK_VOC_ROOT at a copy you "
-    "already have, or use the offline toy set: segbook.data.get_voc_dir('toy')."
-)
+HOW_TO_GET_VOC = ("Get VOC2012 with segbook.data.download_voc2012() (about 2 GB), or point SEGBOOK_VOC_ROOT at a "
+                  "copy you already have, or use the offline toy set: segbook.data.get_voc_dir('toy').")
 _VOC_LAYOUT = "JPEGImages/<id>.jpg, SegmentationClass/<id>.png and ImageSets/Segmentation/<split>.txt"
 VOC_ARCHIVE_NAME = "VOCtrainval_11-May-2012.tar"
 _LAYOUT_PARTS = ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation/train.txt")
-# A file in VOC2012/ that says "generated": never mistaken for the real set. It is defined by the reader,
-# which must recognise it, and written by the generators (toy.py, context.py), which import it from here.
+# A file in VOC2012/ that says "generated", so a generated set is never taken for the real one.
 TOY_MARKER = ".segbook_toy"
 
 
 def layout_missing(voc_dir: os.PathLike | str) -> list[str]:
-    """The parts of VOC2012's layout that ``voc_dir`` lacks (empty when it is a VOC2012 folder).
-
-    The one check behind the finder, the reader and the downloader: two folders
-    and the train split file, which real VOC2012 and the toy set both have.
-    """
+    """The parts of VOC2012's layout that ``voc_dir`` lacks (empty for a VOC2012 folder, real or toy)."""
     voc_dir = Path(voc_dir)
     return [part for part in _LAYOUT_PARTS if not (voc_dir / part).exists()]
 
@@ -86,11 +75,7 @@ def is_toy_voc(voc_dir: os.PathLike | str) -> bool:
 
 
 def missing_files(voc_dir: os.PathLike | str, ids: list[str]) -> list[Path]:
-    """Images and labels that ``ids`` name but ``voc_dir`` lacks: one listing per folder, no per-file stat.
-
-    A tar cut short at a header boundary reads as a shorter, valid archive, so
-    the reader and the downloader both check completeness against the split files.
-    """
+    """Images and labels that ``ids`` name but ``voc_dir`` lacks (a tar cut short at a header reads as valid)."""
     voc_dir = Path(voc_dir)
     missing = []
     for folder, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
@@ -105,12 +90,7 @@ def split_ids(split_file: os.PathLike | str) -> list[str]:
 
 
 def restore_hint(path: os.PathLike | str) -> str:
-    """What to do about one bad file of a dataset: restore that file, not the whole dataset.
-
-    A file of real VOC2012 comes back from the archive by its own path; a file
-    of the toy set comes back by generating the set again; anything else can
-    only be replaced by the reader's own good copy.
-    """
+    """What to do about one bad file: restore that file (from VOC's archive, or by regenerating the toy set)."""
     path = Path(path)
     voc_dir = path.parent.parent
     if is_toy_voc(voc_dir):
@@ -124,12 +104,7 @@ def restore_hint(path: os.PathLike | str) -> str:
 
 
 def read_image(path: os.PathLike | str) -> torch.Tensor:
-    """An RGB image as a uint8 tensor of shape (3, H, W).
-
-    PIL decodes it, exactly as ``torchvision.datasets.VOCSegmentation`` does, so
-    the pixels match that reader bit for bit (two JPEG decoders may round
-    differently); grey or CMYK JPEGs become RGB the same way.
-    """
+    """An RGB image as uint8 (3, H, W), decoded by PIL as torchvision's VOC reader does, so the pixels match it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image not found. {HOW_TO_GET_VOC}")
@@ -143,14 +118,10 @@ def read_image(path: os.PathLike | str) -> torch.Tensor:
 
 
 def read_label(path: os.PathLike | str) -> torch.Tensor:
-    """The class ids of a VOC label PNG as an int64 tensor of shape (H, W), 255 kept.
+    """The class ids of a VOC label PNG as int64 (H, W), 255 kept.
 
-    VOC saves labels as palette ("P" mode) PNGs whose pixel values *are* the
-    class ids; the palette only colours them. Reading the values directly is
-    exact and keeps the 255 border band that the loss and the metrics must
-    ignore. Anything else is refused rather than guessed at: an RGB label (an
-    image editor re-saved it) would need colour matching, which is how the 255
-    band silently becomes background.
+    Only palette ("P" mode) PNGs are read: an RGB label (re-saved by an image editor)
+    would need colour matching, which is how the 255 band silently becomes background.
     """
     path = Path(path)
     if not path.is_file():
@@ -179,15 +150,9 @@ def read_label(path: os.PathLike | str) -> torch.Tensor:
     return torch.from_numpy(ids.astype(np.int64))  # (H, W)
 
 
-# --------------------------------------------------------------------------- the dataset
 def segmentation_item(image: torch.Tensor, label: torch.Tensor, transforms: Callable | None, *,
                       image_path: Path, label_path: Path, fix: str = ""):
-    """One dataset item from a decoded pair: sizes checked, then the joint transform if any.
-
-    Shared by every segbook dataset so that all of them refuse a label that does
-    not cover its image (a crop would silently pair wrong pixels) and hand
-    transforms the same ``tv_tensors.Image`` / ``tv_tensors.Mask`` pair.
-    """
+    """One item from a decoded pair: a label that does not cover its image is refused, then the joint transform runs."""
     if image.shape[-2:] != label.shape:  # (3, H, W) against (H, W)
         raise ValueError(f"{label_path} is {label.shape[1]}x{label.shape[0]} (WxH) but its image {image_path} is "
                          f"{image.shape[2]}x{image.shape[1]}: a label must cover its image pixel for pixel. {fix}")
@@ -199,17 +164,12 @@ def segmentation_item(image: torch.Tensor, label: torch.Tensor, transforms: Call
 class VOCSegmentation(Dataset):
     """Pascal VOC2012 segmentation: ``(image, label)`` pairs for one split.
 
-    ``voc_dir`` is the folder that holds ``JPEGImages/``, ``SegmentationClass/``
-    and ``ImageSets/Segmentation/`` (real VOC2012 and the toy set alike). An
-    item is ``(image, label)``: uint8 (3, H, W) and int64 (H, W) with values in
-    0..20 or 255. With ``transforms`` the pair goes through it jointly as
-    ``transforms(tv_tensors.Image(image), tv_tensors.Mask(label))``, so one
-    random crop or flip moves the pixels and their classes together.
-
-    Every id of the split is kept: small images are padded by the crop (with
-    255), not dropped as d2l's reader does. Missing files are found when the
-    dataset is built (a listing is cheap); decoding problems surface when an
-    item is read.
+    ``voc_dir`` holds ``JPEGImages/``, ``SegmentationClass/`` and ``ImageSets/Segmentation/``.
+    Items are uint8 (3, H, W) and int64 (H, W) with values in 0..20 or 255; with
+    ``transforms`` the pair goes through ``transforms(tv_tensors.Image(image),
+    tv_tensors.Mask(label))``, so one random crop moves pixels and classes together.
+    Every id is kept (d2l's reader drops small images). Missing files are found
+    when the dataset is built, decoding problems when an item is read.
     """
 
     def __init__(self, voc_dir: os.PathLike | str, split: str = "train",
@@ -255,15 +215,12 @@ class VOCSegmentation(Dataset):
         return f"VOCSegmentation(split={self.split!r}, {len(self)} images)"
 
 
-# --------------------------------------------------------------------------- d2l's slow RGB reference
 @functools.lru_cache(maxsize=1)
 def voc_colormap2label() -> torch.Tensor:
     """d2l's lookup table from a packed RGB colour to a class id: int64, 256**3 entries (128 MiB).
 
-    Kept only as the reference that the benchmark and the data chapter compare
-    against; do not use it to read labels. Every colour that is not one of the
-    21 class colours, the border's (224, 224, 192) included, maps to 0, so the
-    255 "ignore" band silently becomes background and is then trained on.
+    Only the reference the data chapter measures against: every colour but the 21
+    class colours, the border's included, maps to 0, so the 255 band is trained on as background.
     """
     table = torch.zeros(256 ** 3, dtype=torch.int64)  # (16777216,) = 128 MiB
     for index, (r, g, b) in enumerate(VOC_COLORMAP):
@@ -272,12 +229,7 @@ def voc_colormap2label() -> torch.Tensor:
 
 
 def decode_label_rgb(rgb: torch.Tensor, colormap2label: torch.Tensor | None = None) -> torch.Tensor:
-    """d2l's ``voc_label_indices``: class ids from an RGB-decoded label, shape (3, H, W) -> (H, W).
-
-    Slow (a gather from a 128 MiB table) and lossy: the 255 border colour comes
-    back as 0 = background. Use :func:`read_label` instead; this exists so the
-    book can show and measure the difference.
-    """
+    """d2l's ``voc_label_indices``: class ids from an RGB-decoded label, (3, H, W) -> (H, W); slow and lossy."""
     table = voc_colormap2label() if colormap2label is None else colormap2label
     rgb = rgb.permute(1, 2, 0).to(torch.int64)  # (H, W, 3)
     packed = (rgb[..., 0] * 256 + rgb[..., 1]) * 256 + rgb[..., 2]  # (H, W) in 0..256**3-1

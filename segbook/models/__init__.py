@@ -1,13 +1,7 @@
 """Segmentation models by name: ``build_model("fcn", num_classes=21)``.
 
-Each chapter's model registers itself with ``@register_model(name)`` in its own
-module, so the training code and the command line pick a model by a string
-and a new chapter adds a model without touching them. Every model's forward
-returns a dict whose ``"out"`` holds logits at the input's own size.
-
-The table lives in :mod:`segbook.models.registry`, below the model modules;
-importing them here is what fills it, so ``build_model`` knows every model
-as soon as ``segbook.models`` is imported.
+Each model registers itself with ``@register_model(name)`` in its own module
+(:mod:`segbook.models.registry` holds the table); importing them here fills it.
 """
 from __future__ import annotations
 

@@ -1,12 +1,8 @@
 """ResNet backbones that return named stages, at output stride 32, 16 or 8.
 
-A classifier ResNet ends in a global pool and a 1000-way ``fc``; a segmentation
-network wants the feature maps before them, and often a finer grid than 1/32 of
-the input. :class:`ResNetBackbone` takes torchvision's ResNet as it is (so its
-ImageNet weights load unchanged), drops ``avgpool`` and ``fc`` and returns the
-four stages by name. A finer output stride trades the stride of the last stages
-for dilation (Yu & Koltun, 2016; DeepLab): the same weights, the same receptive
-field, a denser grid.
+torchvision's ResNet as it is (its ImageNet weights load unchanged), without
+``avgpool`` and ``fc``. A finer output stride trades the last stages' stride for
+dilation (Yu & Koltun, 2016; DeepLab): the same weights, a denser grid.
 """
 from __future__ import annotations
 
@@ -45,22 +41,13 @@ def _set_dilation(conv: nn.Conv2d, dilation: int) -> None:
 
 
 def dilate_resnet_(model: ResNet, replace_stride_with_dilation: Sequence[bool]) -> ResNet:
-    """Turn the stride of ``layer2..layer4`` into dilation, in place; works for BasicBlock ResNets too.
+    """Turn the stride of ``layer2..layer4`` into dilation in place, also for BasicBlock ResNets (torchvision refuses).
 
-    torchvision applies this rule only when it builds a Bottleneck ResNet; its
-    ``BasicBlock`` refuses ``dilation > 1``, so ResNet-18/34 need it done after
-    the fact. The rule is torchvision's ``_make_layer``: in a stage whose stride
-    becomes dilation, the conv that used to stride (with its ``downsample`` 1x1)
-    gets stride 1 and keeps the *previous* dilation, because it still reads the
-    map at the previous spacing; every later 3x3 conv reads a map that is now
-    ``2x`` denser than the weights were trained for, so it samples ``2x`` further
-    apart (dilation doubled, padding = dilation to keep the size). In a Bottleneck
-    the striding conv is the only 3x3 conv of the first block; in a BasicBlock it
-    is ``conv1``, and the first block's ``conv2`` already gets the new dilation.
-
-    With this rule the dilated network, subsampled at every ``2**k``-th pixel,
-    computes exactly what the strided one does (tests check it). No parameter
-    changes shape, so ImageNet weights load into the dilated model.
+    torchvision's ``_make_layer`` rule: the conv that used to stride (and its
+    ``downsample``) gets stride 1 and keeps the previous dilation, since it still
+    reads the map at the previous spacing; every later 3x3 conv reads a map twice as
+    dense, so its dilation doubles. Subsampled every ``2**k``-th pixel, the dilated
+    network computes what the strided one does (tests check it).
     """
     flags = list(replace_stride_with_dilation)
     if len(flags) != 3:
@@ -96,20 +83,11 @@ def dilate_resnet_(model: ResNet, replace_stride_with_dilation: Sequence[bool]) 
 class ResNetBackbone(nn.Module):
     """A torchvision ResNet without ``avgpool``/``fc`` whose forward returns its four stages by name.
 
-    Args:
-        name: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` or ``"resnet101"``.
-        output_stride: 32 (as in classification), 16 or 8; the input-to-``layer4``
-            size ratio. 16 dilates ``layer4``, 8 dilates ``layer3`` and ``layer4``.
-        pretrained: ``False`` or ``None`` (random init, no network), ``"auto"`` (ImageNet
-            weights if they can be had, else one line saying so and random init),
-            ``True`` (ImageNet weights or an error) or a path to a saved state dict.
-        progress: show a download bar when fetching ImageNet weights.
-
-    ``forward(x)`` returns ``OrderedDict(layer1=..., ..., layer4=...)`` with strides
-    ``self.strides`` and channels ``self.channels``. Each stage is ``ceil(H / stride)``
-    cells high: every strided layer of a torchvision ResNet rounds up.
-    Submodule names are torchvision's (``conv1``, ``bn1``, ``layer1`` ...), so the
-    state dict is a torchvision ResNet's minus ``fc``.
+    ``name``: resnet18, 34, 50 or 101. ``output_stride``: 32, 16 (``layer4`` dilated)
+    or 8 (``layer3`` too). ``pretrained``: see :mod:`segbook.models.weights`.
+    Stages have strides ``self.strides``, channels ``self.channels`` and are
+    ``ceil(H / stride)`` cells high. Submodule names are torchvision's, so the state
+    dict is a torchvision ResNet's minus ``fc``.
     """
 
     def __init__(self, name: str = "resnet18", output_stride: int = 32,

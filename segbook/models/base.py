@@ -1,18 +1,9 @@
 """What every segbook model is: the output contract, its own loss, and backbone + head + auxiliary head.
 
-Every model keeps one contract, which the tests, ``fit``, ``evaluate`` and
-``predict`` rely on: ``forward(images)`` returns a dict whose ``"out"`` holds
-logits (B, K, H, W) at the input's own size, plus ``"aux"`` in training mode
-when it has an auxiliary head. Every model also knows its own loss
-(:meth:`Segmenter.loss`): pixel-wise cross entropy by default, PointRend's point
-loss for PointRend. A loss that a caller must remember to pick would, when
-forgotten, not crash but train worse, so it lives with the model.
-
-Most models from PSPNet on are the same three parts, as in torchvision's
-``_SimpleSegmentationModel``: a backbone that returns its stages by name, a head
-that turns them into class scores, and (for training only) an auxiliary head
-on an earlier stage whose loss helps the gradient reach the middle of a deep
-backbone (Zhao et al., 2017): :class:`SegmentationModel`.
+``forward(images)`` returns a dict whose ``"out"`` holds logits (B, K, H, W) at the
+input's own size, plus ``"aux"`` in training mode when there is an auxiliary head.
+Each model owns its loss (:meth:`Segmenter.loss`): a loss a caller must remember
+to pick would, when forgotten, not crash but train worse.
 """
 from __future__ import annotations
 
@@ -33,7 +24,7 @@ LossFn = Callable[[Mapping[str, Tensor], Tensor], "Tensor | tuple[Tensor, dict[s
 
 
 def as_outputs(outputs: Mapping[str, Tensor] | Tensor) -> Mapping[str, Tensor]:
-    """A model's outputs as the contract's dict; a bare tensor of logits (a hand-built model's) is taken as ``"out"``."""
+    """A model's outputs as the contract's dict; bare logits (a hand-built model's) are taken as ``"out"``."""
     if isinstance(outputs, Tensor):
         return {"out": outputs}
     if "out" not in outputs:
@@ -48,12 +39,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def _pixel_ce(logits: Tensor, target: Tensor, ignore_index: int, name: str) -> Tensor:
-    """Mean cross entropy over the pixels that are not ``ignore_index``.
+    """Mean cross entropy over the pixels that are not ``ignore_index``; 0, not NaN, when every pixel is.
 
-    ``F.cross_entropy(..., ignore_index=...)`` averages over the counted pixels
-    already, but returns NaN (0/0) for a batch whose every pixel is ignored; a
-    sum divided by a count clamped at 1 gives 0 there instead, so such a batch
-    cannot pass for a diverged run.
+    A sum over a count clamped at 1: ``F.cross_entropy``'s mean gives 0/0 on such a
+    batch, which would pass for a diverged run.
     """
     if logits.shape[-2:] != target.shape[-2:] or logits.shape[0] != target.shape[0]:
         raise ValueError(f"outputs[{name!r}] has shape {tuple(logits.shape)} but the target has {tuple(target.shape)}; "
@@ -68,15 +57,9 @@ def segmentation_loss(outputs: Mapping[str, Tensor] | Tensor, target: Tensor, *,
                       ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, dict[str, Tensor]]:
     """Pixel-wise cross entropy on ``outputs["out"]`` plus weighted cross entropy on auxiliary logits.
 
-    ``target`` is ``(B, H, W)`` int64 with ``ignore_index`` on pixels that must
-    not count (VOC's object borders, the padding of a crop). ``aux_weights``
-    maps an extra key of ``outputs`` to its weight; by default ``{"aux": 0.4}``
-    as in PSPNet. A weighted key the outputs lack is skipped: models drop their
-    auxiliary heads in ``eval()`` mode, so the same loss serves validation.
-    Keys that are not named (PointRend's point logits) are left to their own loss.
-
-    Returns the total (for ``backward``) and the unweighted loss of each head,
-    detached, for logging: ``{"out": ..., "aux": ...}``.
+    ``aux_weights`` maps an extra key of ``outputs`` to its weight (default PSPNet's
+    ``{"aux": 0.4}``); a key the outputs lack is skipped, since models drop their
+    auxiliary heads in eval mode. Returns the total and each head's unweighted loss, detached.
     """
     outputs = as_outputs(outputs)
     main = _pixel_ce(outputs["out"], target, ignore_index, "out")
@@ -101,12 +84,10 @@ class Segmenter(nn.Module):
 
 def model_loss(model: nn.Module, aux_weights: Mapping[str, float] | None = None,
                ignore_index: int = IGNORE_INDEX) -> LossFn:
-    """``loss_fn(outputs, target)`` for ``model``: its own :meth:`Segmenter.loss`, or the plain one for any other module.
+    """``loss_fn(outputs, target)`` for ``model``: its own :meth:`Segmenter.loss`, else the plain one.
 
-    One path for every model, so that no caller (``fit``, ``evaluate``, the
-    command line) can forget a model's own loss: PointRend trained with the
-    plain loss gives its point head no gradient at all, and under DDP stops at
-    the second step, waiting for gradients that never come.
+    One path for every caller: PointRend trained with the plain loss gives its point
+    head no gradient, and under DDP hangs at the second step.
     """
     model = unwrap(model)
     loss = model.loss if isinstance(model, Segmenter) else segmentation_loss
@@ -114,18 +95,14 @@ def model_loss(model: nn.Module, aux_weights: Mapping[str, float] | None = None,
 
 
 def resize_to(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize to ``size`` with ``align_corners=False`` (pixel centres line up; no corner pinning)."""
+    """Bilinear resize to ``size`` with ``align_corners=False``; unchanged when already that size."""
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)  # (B, K, H, W)
 
 
 class FCNHead(nn.Sequential):
-    """3x3 conv (C -> C/4) + BN + ReLU + dropout + 1x1 classifier: torchvision's FCN/auxiliary head.
-
-    Small on purpose: as the auxiliary head it only has to give ``layer3`` a
-    loss of its own, and it is thrown away (skipped) at inference.
-    """
+    """3x3 conv (C -> C/4) + BN + ReLU + dropout + 1x1 classifier: torchvision's FCN/auxiliary head."""
 
     def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.1) -> None:
         inter = max(in_channels // 4, 1)
@@ -139,25 +116,15 @@ class FCNHead(nn.Sequential):
 
 
 class SegmentationModel(Segmenter):
-    """``backbone`` -> ``head`` -> logits at the input size; ``aux_head`` on ``aux_stage`` when training.
+    """torchvision's ``_SimpleSegmentationModel``: ``backbone`` -> ``head`` -> logits at the input size; ``aux_head``.
 
-    Args:
-        backbone: returns a mapping of stage name to feature map (e.g.
-            :class:`~segbook.models.backbones.ResNetBackbone`: ``layer1`` .. ``layer4``).
-        head: takes that whole mapping (so a decoder may read several stages, as
-            FCN-8s and DeepLabV3+ do) and returns logits (B, K, h, w) on its own grid;
-            the model resizes them to (H, W) bilinearly. A head that upsamples itself
-            (FCN's transposed convolutions) sets the class attribute
-            ``returns_input_size = True``; it is then called as ``head(features, (H, W))``
-            and must return exactly (B, K, H, W).
-        aux_head: optional; takes the single map ``features[aux_stage]`` (an
-            :class:`FCNHead`, say). Its logits, resized to (H, W), ride in ``"aux"``
-            in training mode only: evaluation and inference skip its cost.
-        aux_stage: which stage the auxiliary head reads (PSPNet: ``layer3``).
-        aux_classes: instead of ``aux_head``, build the usual one here: an
-            :class:`FCNHead` from ``backbone.channels[aux_stage]`` to ``aux_classes``
-            classes with dropout ``aux_dropout`` (PSPNet's, CCNet's and DeepLabV3+'s).
-            ``None``: no auxiliary head unless ``aux_head`` is given.
+    ``backbone`` returns a mapping of stage name to feature map. ``head`` takes that
+    whole mapping (a decoder may read several stages) and returns (B, K, h, w),
+    resized here to (H, W); a head that upsamples itself sets ``returns_input_size =
+    True`` and is called as ``head(features, (H, W))``. ``aux_head`` (or the
+    :class:`FCNHead` that ``aux_classes`` builds) reads ``features[aux_stage]``; its
+    loss helps the gradient reach the middle of a deep backbone (Zhao et al., 2017),
+    so its logits ride in ``"aux"`` in training mode only.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None,

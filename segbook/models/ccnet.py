@@ -1,23 +1,10 @@
 """CCNet: criss-cross attention, full-image context at a fraction of non-local's cost (Huang et al., 2019).
 
-A non-local block lets every pixel of an ``h x w`` feature map attend to every
-other one: an ``(hw) x (hw)`` attention matrix, which at CCNet's 97x97 map
-(stride 8 on a 769-pixel crop) is 88.5 million entries per image.
-Criss-cross attention lets each pixel attend only to its own row and column,
-``h + w - 1`` positions; applied twice with the same weights (the *recurrent*
-criss-cross attention, R = 2), information from any pixel reaches any other
-through the pixel where the first one's column meets the second one's row.
-
-Shape letters, as in every chapter of the book: B batch, K classes, C channels, C' = C/8 for the
-queries and keys, h x w a feature map, R recurrences.
-
-The functions here come in three formulations that compute the same thing:
-:func:`criss_cross_attention` (einsum; what the model uses),
-:func:`criss_cross_attention_bmm` (the permute/bmm form a widely copied
-tutorial implementation uses, with its CUDA-only mask fixed) and
-:func:`dense_masked_attention` (a full ``(hw) x (hw)`` attention with every
-position outside the pixel's row and column masked out: slow, but obviously
-right, which is why the tests compare the other two with it).
+Non-local attention is ``(hw) x (hw)``: 88.5 million entries per image on CCNet's
+97x97 map. Criss-cross attention lets each pixel attend to its own row and column;
+applied twice with the same weights (R = 2), any pixel reaches any other. C' = C/8.
+Three formulations compute the same thing: einsum (the model's), a widely copied
+tutorial implementation's bmm, and dense attention masked to the cross (the tests' reference).
 """
 from __future__ import annotations
 
@@ -46,28 +33,17 @@ def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
 
 
 def _self_in_column(h: int, device: torch.device) -> Tensor:
-    """``True`` where a column key is the query pixel itself: the row branch already holds that pixel.
-
-    Built on the query's own device (a mask made with ``.cuda()`` breaks on a
-    CPU, and one made on the CPU breaks on a GPU).
-    """
+    """``True`` where a column key is the query pixel itself (the row branch already holds it), on ``device``."""
     return torch.eye(h, dtype=torch.bool, device=device)  # (h, h): [query row i, key row k]
 
 
 def criss_cross_attention(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
     """Each pixel's weighted sum of the values in its own row and column, the pixel itself counted once.
 
-    Args:
-        query, key: (B, C', h, w).
-        value: (B, C, h, w).
-
-    Returns:
-        ``(out, attention)``: out (B, C, h, w), and attention (B, h, w, h + w)
-        whose last axis lists, for pixel (i, j), the weights of the column
-        ``(0, j) .. (h-1, j)`` and then of the row ``(i, 0) .. (i, w-1)``; each
-        pixel's weights sum to 1. Pixel (i, j) appears in both lists, so its
-        column entry ``attention[b, i, j, i]`` is masked to exactly 0 and only
-        its row entry ``attention[b, i, j, h + j]`` counts.
+    ``query``, ``key``: (B, C', h, w); ``value``: (B, C, h, w). Returns out (B, C, h, w)
+    and the attention (B, h, w, h + w): for pixel (i, j), the weights of its column
+    ``(0, j) .. (h-1, j)``, then of its row ``(i, 0) .. (i, w-1)``, summing to 1; its
+    own column entry ``[b, i, j, i]`` is exactly 0, its row entry counts.
     """
     _check_qkv(query, key, value)
     h, w = query.shape[-2:]
@@ -83,14 +59,10 @@ def criss_cross_attention(query: Tensor, key: Tensor, value: Tensor) -> tuple[Te
 
 
 def criss_cross_attention_bmm(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`criss_cross_attention` written the way a widely copied tutorial implementation writes it.
+    """:func:`criss_cross_attention` as a widely copied tutorial implementation writes it, with ``torch.bmm``.
 
-    Every column is a batch of ``B * w`` sequences of length ``h`` and every row
-    a batch of ``B * h`` sequences of length ``w``; ``torch.bmm`` multiplies
-    them and permutes move the axes back. The tutorial adds a ``-inf`` diagonal
-    built with ``.cuda()`` (and repeated ``B * w`` times), which fails on a
-    CPU; here the mask is built on the input's device and broadcast. Same
-    arguments and returns as :func:`criss_cross_attention`.
+    The tutorial builds its ``-inf`` diagonal with ``.cuda()``, which fails on a CPU;
+    here it is built on the input's device.
     """
     _check_qkv(query, key, value)
     b, c, h, w = value.shape
@@ -132,12 +104,7 @@ def _dense_attention(query: Tensor, key: Tensor, value: Tensor, allowed: Tensor 
 
 
 def dense_masked_attention(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
-    """The criss-cross result computed the slow, obvious way: full attention, masked to the row and column.
-
-    Every pixel is a key exactly once, so "the pixel itself counted once" holds
-    by construction, with no diagonal bookkeeping. Returns out (B, C, h, w) and
-    the attention (B, hw, hw) (row-major pixel order, zero off the cross).
-    """
+    """The criss-cross result the slow, obvious way: full attention masked to the row and column, (B, hw, hw)."""
     h, w = query.shape[-2:]
     rows = torch.arange(h, device=query.device).repeat_interleave(w)  # (hw,): the row of pixel p
     cols = torch.arange(w, device=query.device).repeat(h)             # (hw,): the column of pixel p
@@ -151,11 +118,7 @@ def non_local_attention(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tens
 
 
 class _QueryKeyValue(nn.Module):
-    """1x1 convolutions to queries and keys (C/8 channels) and values (C), plus the residual scale ``gamma``.
-
-    ``gamma`` starts at 0, so a freshly added block is the identity and cannot
-    disturb a pretrained network; training opens it as the attention becomes useful.
-    """
+    """1x1 convs to queries, keys (C/8) and values (C), and ``gamma``: at 0 a new block cannot disturb a trained net."""
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()
@@ -181,28 +144,14 @@ class _QueryKeyValue(nn.Module):
 
 
 class CrissCrossAttention(_QueryKeyValue):
-    """Criss-cross attention block: ``gamma * attention(x) + x`` over each pixel's row and column.
-
-    Submodules ``query_conv``, ``key_conv`` (``in_channels // 8`` outputs),
-    ``value_conv`` (``in_channels``) and the scalar ``gamma`` (starts at 0).
-    ``forward(x)`` maps (B, C, h, w) to (B, C, h, w); with
-    ``return_attention=True`` it also returns the (B, h, w, h + w) attention of
-    :func:`criss_cross_attention`. Pure PyTorch, on any device.
-    """
+    """Criss-cross attention block, ``gamma * attention(x) + x``; ``return_attention`` also returns the weights."""
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         return self._attend(criss_cross_attention, x, return_attention)
 
 
 class NonLocalBlock(_QueryKeyValue):
-    """A non-local block with criss-cross attention's query/key/value shapes, for a like-for-like comparison.
-
-    The same ``query_conv``/``key_conv`` (C/8), ``value_conv`` (C) and ``gamma``
-    (starts at 0) as :class:`CrissCrossAttention`, but every pixel attends to
-    all ``h*w`` pixels (:func:`non_local_attention`): this is the position
-    attention of DANet, the form CCNet's paper compares against. With
-    ``return_attention=True`` the (B, hw, hw) attention comes back too.
-    """
+    """A non-local block with criss-cross attention's shapes: DANet's position attention, CCNet's comparison."""
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         return self._attend(non_local_attention, x, return_attention)
@@ -215,25 +164,13 @@ def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class RCCAModule(nn.Module):
-    """CCNet's head: reduce, criss-cross attention R times with shared weights, and classify.
+    """CCNet's head: reduce to C/4 (attention gets cheap), criss-cross attention R times with shared weights, classify.
 
-    ``reduce`` (3x3 conv to ``in_channels // 4`` + BN + ReLU) makes attention
-    cheap; ``cca`` (one :class:`CrissCrossAttention`) runs ``recurrence`` times
-    with the same weights, as in the paper (R = 2 reaches every pixel);
-    ``project`` (3x3 conv + BN + ReLU) follows; ``bottleneck`` (3x3 conv + BN +
-    ReLU + dropout) fuses the result with the head's input, so the classifier
-    sees the local features beside the context; ``classifier`` is a 1x1 conv to
-    ``num_classes``. Logits come out at the feature map's size: upsampling to
-    the image is the model's job, after the classifier, where it is K channels
-    rather than C/4 wide.
-
-    Widths: the official code (speedinghzl/CCNet, ``RCCAModule(2048, 512, K)``)
-    also reduces to C/4, but gives ``bottleneck`` a fixed 512 outputs; here it
-    is C/4 as well. The two agree for ResNet-50/101 (C = 2048); on a ResNet-18
-    (C = 512) this head is 128 wide where the official one would be 512.
-
-    ``forward`` takes the feature map (B, C, h, w), or the backbone's mapping of
-    stages, from which it reads ``stage`` (as a head of :class:`SegmentationModel`).
+    ``bottleneck`` fuses the context with the head's input, so the classifier sees
+    local features beside it; logits stay at the map's size (upsampling K channels
+    is cheaper than C/4). The official code (speedinghzl/CCNet) gives ``bottleneck``
+    512 outputs; here C/4, the same for ResNet-50/101, narrower on a ResNet-18.
+    ``forward`` takes the map or the backbone's stages (reading ``stage``).
     """
 
     def __init__(self, in_channels: int, num_classes: int, recurrence: int = 2, dropout: float = 0.1,
@@ -261,22 +198,10 @@ class RCCAModule(nn.Module):
 
 @register_model("ccnet")
 class CCNet(SegmentationModel):
-    """CCNet on a dilated ResNet: ``{"out": (B, K, H, W)}``, plus ``"aux"`` (from ``layer3``) in training.
+    """CCNet on a dilated ResNet (``"resnet101"`` in the paper): ``{"out": (B, K, H, W)}``, plus ``"aux"`` in training.
 
-    Args:
-        num_classes: K.
-        backbone: a :class:`ResNetBackbone` name; the paper uses ``"resnet101"``.
-        output_stride: 8 (the paper: ``layer3`` and ``layer4`` dilated, a 97x97 map for a
-            769x769 crop), 16 or 32.
-        recurrence: R, how many times the shared criss-cross attention runs (2 in the paper).
-        aux: add an :class:`~segbook.models.base.FCNHead` on ``layer3`` whose logits ride in
-            ``"aux"`` in training only.
-        dropout: before the classifier of both heads.
-        pretrained_backbone: see :class:`ResNetBackbone`'s ``pretrained``.
-
-    The head (:class:`RCCAModule`) scores the ``layer4`` grid; the logits are then
-    resized bilinearly to the input's own size, any H and W (a fixed 8x upsampling
-    would match the input only when H and W are multiples of 8).
+    ``output_stride`` 8 gives the paper's 97x97 map for a 769x769 crop; ``recurrence``
+    is R (2 in the paper); ``aux`` adds an :class:`~segbook.models.base.FCNHead` on ``layer3``.
     """
 
     def __init__(self, num_classes: int = 21, backbone: str = "resnet50", output_stride: int = 8,

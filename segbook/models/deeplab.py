@@ -1,21 +1,10 @@
 """DeepLabV3+: atrous spatial pyramid pooling for context, a light decoder for borders (Chen et al., 2017, 2018).
 
-A dilated backbone sees far but answers on a coarse grid; PSPNet adds context
-by pooling. DeepLabV3's ASPP adds it by looking at the same stride-16 map through
-3x3 convolutions with holes of several sizes (rates 6, 12, 18: fields of view of
-roughly 13, 25 and 37 cells), next to a 1x1 branch and an image-level average,
-so every pixel sees its neighbourhood at several scales at once. What ASPP cannot
-give back is the detail lost to the stride: its logits, stretched 16x, blur every
-border. DeepLabV3+ adds a decoder that upsamples the ASPP output 4x, appends the
-stride-4 ``layer1`` features (squeezed to 48 channels so they do not drown the
-256 semantic ones) and lets two 3x3 convolutions draw the border where the
-low-level edges are. The head exposes that stride-4 decoder output and its
-logits, because PointRend (:mod:`segbook.models.pointrend`) refines exactly
-those.
-
-ASPP itself is torchvision's (``torchvision.models.segmentation.deeplabv3.ASPP``):
-1x1 branch, one 3x3 branch per rate, the image-pooling branch, concatenation,
-1x1 projection with BN, ReLU and dropout 0.5.
+ASPP (torchvision's) looks at the stride-16 map through 3x3 convolutions with
+rates 6, 12 and 18, a 1x1 branch and an image average: several scales at once.
+The decoder gives back the detail lost to the stride: it upsamples ASPP's output
+4x, appends ``layer1`` squeezed to 48 channels (to refine, not dominate) and
+draws the border with two 3x3 convolutions. PointRend refines that output.
 """
 from __future__ import annotations
 
@@ -39,11 +28,7 @@ ATROUS_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 
 def aspp(in_channels: int, output_stride: int = 16, out_channels: int = 256,
          atrous_rates: Sequence[int] | None = None) -> ASPP:
-    """torchvision's ASPP with the paper's rates for ``output_stride`` (16: 6/12/18, 8: 12/24/36).
-
-    Pass ``atrous_rates`` to choose them yourself (e.g. for ``output_stride=32``,
-    which the paper does not use).
-    """
+    """torchvision's ASPP; ``atrous_rates`` default to the paper's for ``output_stride`` (16: 6/12/18, 8: 12/24/36)."""
     if atrous_rates is None:
         if output_stride not in ATROUS_RATES:
             raise ValueError(f"DeepLab's rates are defined for output_stride 16 or 8, got {output_stride!r}; "
@@ -53,17 +38,9 @@ def aspp(in_channels: int, output_stride: int = 16, out_channels: int = 256,
 
 
 class DeepLabV3PlusHead(nn.Module):
-    """ASPP on ``layer4``, then the decoder that fuses ``layer1``; logits on the stride-4 grid.
+    """ASPP on ``layer4``, then the decoder that fuses ``layer1``; :meth:`decode` gives features and logits at stride 4.
 
-    ``decode(features)`` returns both the decoder features (B, ``decoder_channels``,
-    h, w) and the logits (B, K, h, w), h x w being ``layer1``'s stride-4 grid;
-    ``forward`` returns the logits only, as :class:`SegmentationModel` expects.
-
-    The image-pooling branch of ASPP averages each channel over the whole map and
-    then applies BatchNorm: in training mode, a batch of one image leaves BN one
-    value per channel, which it cannot normalise. ``forward`` refuses that batch
-    with a clear error (PSPNet's pyramid does the same) instead of torchvision's
-    "Expected more than 1 value per channel"; ``eval()`` mode takes any batch.
+    A training batch of one is refused: ASPP's image pooling leaves BatchNorm one value per channel.
     """
 
     def __init__(self, in_channels: int, low_level_channels: int, num_classes: int, output_stride: int = 16,
@@ -107,21 +84,11 @@ class DeepLabV3PlusHead(nn.Module):
 
 @register_model("deeplabv3plus")
 class DeepLabV3Plus(SegmentationModel):
-    """DeepLabV3+ on a dilated ResNet: ``{"out": (B, K, H, W)}``, plus ``"aux"`` (``layer3``) when asked.
+    """DeepLabV3+ on a dilated ResNet (the paper: ResNet-101 or Xception): ``{"out": (B, K, H, W)}``.
 
-    Args:
-        num_classes: K.
-        backbone: a :class:`ResNetBackbone` name (the paper: ResNet-101 or Xception).
-        output_stride: 16 (ASPP rates 6/12/18, the paper's training setting) or 8 (12/24/36).
-        aux: add an :class:`FCNHead` on ``layer3`` whose logits ride in ``"aux"`` in
-            training (DeepLab itself has none; PSPNet-style deep supervision, off by default).
-        pretrained_backbone: see :class:`ResNetBackbone`'s ``pretrained``.
-        atrous_rates, aspp_channels, low_level_projection, decoder_channels: the head's
-            sizes (defaults: the paper's rates for the stride, 256, 48, 256).
-
-    The logits come from the stride-4 decoder and are resized bilinearly to the
-    input's own (H, W), for any H, W >= 32. :meth:`decode` gives the stride-4
-    decoder features and logits themselves, for PointRend.
+    ``output_stride``: 16 (ASPP rates 6/12/18, the paper's training setting) or 8
+    (12/24/36). ``aux`` adds an :class:`FCNHead` on ``layer3`` whose logits ride in
+    ``"aux"`` in training (DeepLab has none; off by default).
     """
 
     def __init__(self, num_classes: int = 21, backbone: str = "resnet50", output_stride: int = 16,
@@ -138,9 +105,8 @@ class DeepLabV3Plus(SegmentationModel):
     def decode(self, images: Tensor) -> dict[str, Tensor]:
         """The stride-4 maps PointRend refines, plus the backbone stages.
 
-        Returns ``{"decoder": (B, C, h, w), "coarse": (B, K, h, w), "layer1": ..., "layer4": ...,
-        "aux": (B, K, h', w')}``; ``"aux"`` only in training with an auxiliary head, and on
-        ``layer3``'s grid (stride 16, or 8 at output stride 8), not resized.
+        ``{"decoder": (B, C, h, w), "coarse": (B, K, h, w), "layer1": ..., "layer4": ...}``,
+        plus ``"aux"`` on ``layer3``'s own grid (not resized) in training with an auxiliary head.
         """
         features = self.backbone(images)                                   # stage -> (B, C, h, w)
         decoded, coarse = self.head.decode(features)                      # (B, C, h, w), (B, K, h, w)

@@ -34,12 +34,7 @@ def _upsampler(num_classes: int, factor: int, aligned: bool) -> nn.ConvTranspose
 
 
 class FCNScores(nn.Module):
-    """FCN's head: 1x1 class scores on ``layer4`` (plus FCN-8s's skips), upsampled to the image.
-
-    It upsamples itself with transposed convolutions (``returns_input_size``), so
-    :class:`~segbook.models.base.SegmentationModel` hands it the input's size.
-    See :class:`FCN` for the geometry.
-    """
+    """FCN's head: 1x1 class scores on ``layer4`` (plus FCN-8s's skips), upsampled to the image (see :class:`FCN`)."""
 
     returns_input_size = True
 
@@ -75,36 +70,13 @@ class FCNScores(nn.Module):
 class FCN(SegmentationModel):
     """FCN-32s (or FCN-8s with ``skips=True``) on a torchvision ResNet; returns ``{"out": logits}``.
 
-    Parts: ``backbone`` (a :class:`ResNetBackbone` at stride 32) and ``head``
-    (:class:`FCNScores`: ``classifier``, the 1x1 conv ``channels -> num_classes``;
-    ``upsample``, the bilinear transposed conv to the image, factor 32, or 8 after
-    the skips; with ``skips=True``, ``skip_scores`` and ``skip_upsamplers`` keyed
-    by stage). No auxiliary head.
-
-    Geometry (``aligned=True``, the default). A torchvision ResNet centres cell
-    ``i`` of its stride-``s`` map on input pixel ``s i`` (every strided layer pads
-    by half its kernel) and rounds sizes up, so an ``H``-row image has
-    ``ceil(H / s)`` rows of cells. Every upsampler here is an
-    :class:`~segbook.upsample.AlignedUpsampler` (odd kernel ``2f - 1``, padding
-    ``f - 1``, told the size to return), which puts cell ``i`` exactly back on
-    pixel ``s i`` and returns the input's own ``H x W``: no crop and no shift,
-    for any size. FCN-8s's three streams (strides 32, 16, 8) meet on the same
-    grid points, as the original FCN's computed crop offsets made them do.
-
-    ``aligned=False`` is the textbook geometry (d2l's FCN): an even kernel
-    ``2f``, stride ``f``, padding ``f / 2``, which returns ``f n >= H`` rows and
-    puts cell ``i`` at ``f i + (f - 1) / 2`` (where ``F.interpolate(align_corners=
-    False)`` and torchvision's FCN put it); the extra rows are at the bottom and
-    right, so the top-left ``H x W`` is kept. That leaves a 15.5-pixel shift at
-    stride 32 (7.5 and 3.5 pixels on FCN-8s's finer streams) for training to
-    absorb. Chapter 3 measures both.
-
-    FCN-8s (``skips=True``): ``layer3`` and ``layer2`` each get a 1x1 score conv,
-    zero-initialised as in the paper so that at first only the stride-32 scores
-    speak and the skips learn a correction; the coarser scores go up 2x onto the
-    finer stage's grid and are summed, and the stride-8 sum goes up 8x to the
-    image. The transposed convs have no bias: it would add a constant per class,
-    which the classifier's bias already does.
+    ``aligned=True``: every upsampler is an :class:`~segbook.upsample.AlignedUpsampler`,
+    which puts cell ``i`` of a stride-``s`` map back on pixel ``s i``, where the ResNet
+    centred it, at the input's own size: no crop, no shift, FCN-8s's streams on one
+    grid. ``aligned=False`` is d2l's geometry: the top-left ``H x W`` of ``f n >= H``
+    rows is kept, and training must absorb a 15.5-pixel shift (chapter 3 measures
+    both). FCN-8s's skip scorers start at zero, as in the paper, so at first only the
+    stride-32 scores speak. The upsamplers have no bias: the classifier has one.
     """
 
     def __init__(self, num_classes: int = 21, backbone: str = "resnet18",

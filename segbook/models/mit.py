@@ -1,28 +1,11 @@
 """The Mix Transformer (MiT), SegFormer's encoder: four stages of attention without positional encodings.
 
-SegFormer (Xie et al., 2021) replaces the ResNet of the earlier chapters with a
-hierarchical transformer. Each stage starts with an *overlapping patch
-embedding* (a strided convolution whose kernel is larger than its stride: 7x7
-stride 4 first, then 3x3 stride 2), so the stages sit at strides 4, 8, 16 and
-32 of the input, like a ResNet's. Inside a stage every block is
-
-* *efficient self-attention*: queries at every one of the ``hw`` cells, but
-  keys and values from a map shrunk ``r`` times in each direction by an ``r x r``
-  stride-``r`` convolution (the reduction ratios 8, 4, 2, 1), so the attention
-  matrix is ``hw x hw/r^2`` instead of ``hw x hw``;
-* *Mix-FFN*: the transformer's MLP with a 3x3 depthwise convolution between its
-  two linear layers. That convolution (with its zero padding) is where a cell
-  learns where it is; there is no table of positional encodings, so the encoder
-  runs at any input size without interpolating anything.
-
-Shape letters, as in every chapter: B batch, C channels, H x W the input, h x w
-a stage's map; and here N = h*w tokens, r the reduction ratio, heads the
-attention heads, d = C / heads the width of one head.
-
-The module names are segbook's own; :func:`convert_segformer_state_dict` maps
-the names of the published checkpoints (Hugging Face ``nvidia/mit-b0`` and the
-names ``transformers`` uses today) onto them. Numerics follow that reference:
-``nn.LayerNorm``'s default eps (1e-5) everywhere and the exact (erf) GELU.
+Overlapping patch embeddings put the stages at strides 4 to 32, like a ResNet's
+(Xie et al., 2021). Keys and values come from a map shrunk ``r`` times per side
+(N = h*w tokens attend to N/r^2), and the Mix-FFN's 3x3 depthwise convolution
+tells a cell where it is, so the encoder runs at any input size. The names are
+segbook's (:func:`convert_segformer_state_dict` maps the published ones); LayerNorm
+eps 1e-5 and exact GELU, as the reference.
 """
 from __future__ import annotations
 
@@ -60,9 +43,7 @@ def tokens_to_map(tokens: Tensor, h: int, w: int) -> Tensor:
 def init_weights_(module: nn.Module) -> None:
     """The SegFormer authors' initialisation (``module.apply(init_weights_)``).
 
-    Linear layers: truncated normal with std 0.02, bias 0; LayerNorm: 1 and 0;
-    convolutions: normal with std ``sqrt(2 / fan_out)`` (He, fan-out counted per
-    group), bias 0. PyTorch's own default gives a 32-wide linear layer weights
+    Linear weights get std 0.02; PyTorch's default gives a 32-wide layer weights
     five times larger, which a from-scratch run feels.
     """
     if isinstance(module, nn.Linear):
@@ -80,12 +61,7 @@ def init_weights_(module: nn.Module) -> None:
 
 
 class OverlapPatchEmbed(nn.Module):
-    """A ``patch_size`` x ``patch_size`` convolution with a smaller ``stride``, then LayerNorm over channels.
-
-    Padding ``patch_size // 2`` makes neighbouring patches overlap and gives
-    ``ceil(h / stride)`` rows for any ``h`` (25 for a 97-pixel input and stride 4).
-    ``forward`` returns the tokens (B, N, C) and the map's (h, w).
-    """
+    """A ``patch_size`` convolution with a smaller ``stride`` (patches overlap), then LayerNorm."""
 
     def __init__(self, in_channels: int, out_channels: int, patch_size: int, stride: int) -> None:
         super().__init__()
@@ -99,14 +75,7 @@ class OverlapPatchEmbed(nn.Module):
 
 
 class EfficientSelfAttention(nn.Module):
-    """Multi-head self-attention whose keys and values come from a map ``sr_ratio`` times smaller.
-
-    ``reduce`` is an ``r x r`` convolution with stride ``r`` (then ``reduce_norm``):
-    it turns the (h, w) map into (h/r, w/r) cells (rounded down), so each query
-    compares itself with ``N / r^2`` keys. With ``sr_ratio=1`` this is ordinary
-    self-attention. ``query``, ``key``, ``value`` and ``proj`` are linear layers
-    on the channels.
-    """
+    """Multi-head self-attention with keys and values from a map ``sr_ratio`` times smaller per side."""
 
     def __init__(self, channels: int, heads: int, sr_ratio: int = 1) -> None:
         super().__init__()
@@ -156,12 +125,7 @@ class MixFFN(nn.Module):
 
 
 class MiTBlock(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + ffn(norm2(x))``.
-
-    ``drop_path`` is stochastic depth (torchvision's ``StochasticDepth``, per
-    sample): in training each residual branch is dropped for a sample with that
-    probability; in evaluation it is the identity.
-    """
+    """Pre-norm transformer block, ``x + attn(norm1(x))`` then ``x + ffn(norm2(x))``, with stochastic depth."""
 
     def __init__(self, channels: int, heads: int, sr_ratio: int, mlp_ratio: int = 4,
                  drop_path: float = 0.0) -> None:
@@ -197,16 +161,10 @@ class MiTStage(nn.Module):
 class MixTransformer(nn.Module):
     """MiT encoder; ``forward`` returns ``OrderedDict(stage1=..., ..., stage4=...)`` at strides 4, 8, 16, 32.
 
-    Args:
-        variant: a key of :data:`MIT_CONFIGS` (``"mit_b0"``: 3.3 M parameters).
-        drop_path_rate: stochastic depth, rising linearly from 0 at the first block
-            to this at the last (0.1 in the paper).
-        pretrained: ``False``/``None`` (random init), ``"auto"`` (ImageNet weights if they
-            can be had, else one line saying so and random init), ``True`` (ImageNet
-            weights or an error), or the path of a published checkpoint (its names are
-            mapped with :func:`convert_segformer_state_dict`).
-
-    Stage ``i`` has ``self.channels[f"stage{i}"]`` channels and ``ceil(H / stride)`` rows.
+    ``variant``: a key of :data:`MIT_CONFIGS` (``"mit_b0"``: 3.3 M parameters).
+    ``drop_path_rate``: stochastic depth, rising linearly to this at the last block.
+    ``pretrained``: see :mod:`segbook.models.weights`; a path may be a published
+    checkpoint (mapped with :func:`convert_segformer_state_dict`).
     """
 
     def __init__(self, variant: str = "mit_b0", drop_path_rate: float = 0.1,
@@ -239,9 +197,10 @@ class MixTransformer(nn.Module):
 
     def _load_pretrained(self, pretrained: bool | str | Path, progress: bool) -> None:
         url = MIT_URLS[self.variant]
-        found = fetch_pretrained(pretrained, what=self.variant, url=url, download=lambda: torch.hub.load_state_dict_from_url(
-            url, map_location="cpu", progress=progress, weights_only=True,
-            file_name=f"nvidia_{self.variant.replace('_', '-')}.bin"))
+        found = fetch_pretrained(pretrained, what=self.variant, url=url,
+                                 download=lambda: torch.hub.load_state_dict_from_url(
+                                     url, map_location="cpu", progress=progress, weights_only=True,
+                                     file_name=f"nvidia_{self.variant.replace('_', '-')}.bin"))
         if found is not None:
             mapped = convert_segformer_state_dict(found[0])
             encoder = {k.removeprefix("backbone."): v for k, v in mapped.items() if k.startswith("backbone.")}
@@ -278,12 +237,10 @@ _RENAMES = [
 
 
 def convert_segformer_state_dict(theirs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """A published SegFormer/MiT state dict with segbook's names (``backbone.*`` and ``head.*``).
+    """A published SegFormer/MiT state dict with segbook's names (``backbone.*``, ``head.*``), classifier dropped.
 
-    The ImageNet classifier of an MiT checkpoint (``classifier.*``) is dropped;
-    the decoder's linear projections become 1x1 convolutions (a weight (C', C)
-    becomes (C', C, 1, 1)). A key that no rule recognises is kept as it is, so
-    the strict load that follows names it.
+    The decoder's linear weights become 1x1 convolutions. An unrecognised key is
+    kept, so the strict load that follows names it.
     """
     ours = {}
     for key, value in theirs.items():

@@ -1,32 +1,12 @@
 """PointRend: spend the computation where the coarse prediction is unsure (Kirillov et al., 2020).
 
-A segmentation head predicts on a grid 4 to 32 times coarser than the image,
-and bilinear upsampling then blurs every border, exactly where the answer is
-hard. Computing the whole map at full resolution would fix that at a price paid
-mostly in flat regions that were right anyway. PointRend treats the output as an
-image to be *rendered*: upsample the coarse logits 2x, find the points where
-they are least sure (the top two class scores closest), re-predict only those
-points with a small MLP (the point head) on fine features sampled there, and
-repeat until the image's size. Training cannot afford that loop, so it picks
-its points at random, biased towards uncertain ones.
-
-The four point functions keep detectron2's names and signatures
-(``projects/PointRend/point_rend``), so a reader can move between the two. In
-their docstrings N is detectron2's batch dimension (for semantic segmentation,
-the images of a batch: N = B); elsewhere the shape letters are the book's: B
-batch, K classes, C channels, H x W the input, h x w a feature map, P points.
-Point coordinates are (x, y) in [0, 1] x [0, 1] over the whole map, read with
-``align_corners=False``: (0, 0) is the top-left corner of the top-left pixel, and
-the centre of pixel (row i, column j) of an h x w map is ((j + 0.5) / w, (i + 0.5) / h).
-
-One departure from detectron2: wherever the model reads a map at points, it
-passes ``padding_mode="border"``. With ``point_sample``'s default (zeros, as
-grid_sample and detectron2), a point within half a cell of the image's edge is
-interpolated towards an imaginary ring of zeros, which shrinks its logits (at
-the edge itself, halves them) and its features; the halved top-two gap then makes
-every image border look uncertain to the sampler. ``"border"`` reads those points
-as ``F.interpolate(..., align_corners=False)`` does, so reading the coarse logits
-at a cell centre gives exactly the bilinearly upsampled value.
+Upsampled coarse logits blur every border, where the answer is hard. PointRend
+upsamples 2x, re-predicts only the least sure points with a small MLP on fine
+features, and repeats up to the image's size. The point functions keep
+detectron2's names and signatures (N = B); points are (x, y) in [0, 1] x [0, 1]
+with ``align_corners=False``. Unlike detectron2 the model reads maps with
+``padding_mode="border"``: zeros padding pulls points near the edge towards 0,
+and every image border would look uncertain.
 """
 from __future__ import annotations
 
@@ -46,12 +26,9 @@ __all__ = ["PointHead", "PointRend", "calculate_uncertainty", "dense_point_infer
            "get_uncertain_point_coords_on_grid", "get_uncertain_point_coords_with_randomness",
            "point_loss", "point_sample", "subdivision_inference", "subdivision_sizes"]
 
-# -- point functions (detectron2's names and signatures) --------------------------------------------
-
 
 def _coordinate_dtype(like: Tensor) -> torch.dtype:
-    """float64 for float64 maps, else float32: half precision cannot even name pixel centres of a wide
-    image (float16 steps by 2**-11 near 1, half a pixel at 1024 columns), so autocast's logits get float32 points."""
+    """float64 for float64 maps, else float32: float16 cannot name the pixel centres of a wide image."""
     return torch.float64 if like.dtype == torch.float64 else torch.float32
 
 
@@ -83,17 +60,7 @@ def point_sample(input: Tensor, point_coords: Tensor, **kwargs) -> Tensor:
 
 
 def calculate_uncertainty(logits: Tensor) -> Tensor:
-    """Minus the gap between the top two class scores: higher means less sure; 0 is a tie.
-
-    Args:
-        logits: (N, K, ...) with K >= 2 classes.
-
-    Returns:
-        (N, 1, ...), every value <= 0.
-
-    Where the two best classes score alike, a small change of features flips the
-    decision: that is where a border runs and where refining pays.
-    """
+    """Minus the gap between the top two class scores of (N, K, ...) logits: (N, 1, ...), 0 for a tie, else < 0."""
     if logits.shape[1] < 2:
         raise ValueError(f"calculate_uncertainty needs at least 2 class scores per point, got {logits.shape[1]}.")
     top2 = logits.topk(2, dim=1).values                                      # (N, 2, ...)
@@ -144,15 +111,9 @@ def get_uncertain_point_coords_with_randomness(
 
 
 def get_uncertain_point_coords_on_grid(uncertainty_map: Tensor, num_points: int) -> tuple[Tensor, Tensor]:
-    """Inference points: the ``num_points`` most uncertain cells of a map, at the cells' centres.
+    """Inference points: the ``num_points`` (at most h * w) highest cells of an (N, 1, h, w) uncertainty map.
 
-    Args:
-        uncertainty_map: (N, 1, h, w) on the grid being refined (higher = less sure).
-        num_points: P; at most h * w are returned.
-
-    Returns:
-        point_indices: (N, P) flat indices ``row * w + column`` into the h x w grid.
-        point_coords: (N, P, 2) the cells' centres (x, y) in [0, 1] x [0, 1].
+    Returns their flat indices ``row * w + column`` (N, P) and their centres (x, y), (N, P, 2).
     """
     n, _, height, width = uncertainty_map.shape
     num_points = min(height * width, num_points)
@@ -163,19 +124,12 @@ def get_uncertain_point_coords_on_grid(uncertainty_map: Tensor, num_points: int)
     return point_indices, torch.stack([x, y], dim=2)                                # (N, P), (N, P, 2)
 
 
-# -- the point head ------------------------------------------------------------------------------
-
-
 class PointHead(nn.Module):
-    """An MLP applied to each point: fine features and coarse logits in, K class logits out.
+    """An MLP on each point: fine features (B, C, P) and coarse logits (B, K, P) in, K logits out.
 
-    The layers are 1x1 ``Conv1d`` (one shared MLP over the P points of a
-    (B, C, P) tensor). The coarse logits are appended to the input of *every*
-    layer, as in the paper: the fine features say where the border is, the
-    coarse logits which classes meet there, and re-feeding them keeps that
-    semantic hint from washing out. ReLU after each hidden layer; the
-    predictor starts near zero (std 0.001, as detectron2's), so an untrained
-    head answers "no idea" (all K logits near 0) instead of confident noise.
+    The coarse logits join the input of every layer, as in the paper, so the
+    semantic hint does not wash out. The predictor starts near zero (std 0.001, as
+    detectron2's): an untrained head answers "no idea", not confident noise.
     """
 
     def __init__(self, fine_channels: int, num_classes: int, channels: int = 256, num_layers: int = 3) -> None:
@@ -199,19 +153,13 @@ class PointHead(nn.Module):
         return self.predictor(torch.cat([x, coarse_logits], dim=1))         # (B, K, P)
 
 
-# -- inference: subdivision, and the dense alternative -----------------------------------------------
-
-
 def subdivision_sizes(coarse_size: tuple[int, int], size: tuple[int, int],
                       steps: int | None = None) -> list[tuple[int, int]]:
     """The grid of each subdivision step: doubling from ``coarse_size``, the last one exactly ``size``.
 
-    With ``steps=None`` the loop doubles until one more doubling reaches or
-    passes ``size`` and resizes to ``size`` then (stride 4: two steps, as
-    detectron2's ``SUBDIVISION_STEPS: 2``). A 33-row image has a 9-row stride-4
-    map (the backbone rounds up): 9 -> 18 -> 33, not 36, so the last step's
-    points are the image's own pixel centres. A given ``steps`` doubles
-    ``steps - 1`` times and then jumps to ``size``.
+    ``steps=None`` doubles until one more doubling reaches ``size`` (stride 4: two
+    steps, as detectron2). A 33-row image has a 9-row stride-4 map: 9 -> 18 -> 33,
+    not 36, so the last step's points are the image's own pixel centres.
     """
     (h, w), (height, width) = coarse_size, size
     if steps is None:
@@ -268,11 +216,7 @@ def subdivision_inference(coarse_logits: Tensor, fine_features: Tensor, point_he
 
 def dense_point_inference(coarse_logits: Tensor, fine_features: Tensor, point_head: nn.Module,
                           size: tuple[int, int]) -> Tensor:
-    """The point head at every pixel centre of an (H, W) grid: what subdivision avoids computing.
-
-    Returns (B, K, H, W). Its cost is H * W point-head evaluations per image in one
-    batch (no chunking), against at most ``steps * num_points`` for subdivision.
-    """
+    """The point head at every pixel centre, (B, K, H, W): the H * W evaluations subdivision avoids."""
     height, width = size
     b = coarse_logits.shape[0]
     rows = (torch.arange(height, device=coarse_logits.device, dtype=coarse_logits.dtype) + 0.5) / height  # (H,)
@@ -284,35 +228,20 @@ def dense_point_inference(coarse_logits: Tensor, fine_features: Tensor, point_he
     return point_logits.reshape(b, -1, height, width)                               # (B, K, H, W)
 
 
-# -- the model and its loss --------------------------------------------------------------------------
-
-
 @register_model("pointrend")
 class PointRend(Segmenter):
-    """A coarse segmenter (DeepLabV3+) refined at uncertain points by a :class:`PointHead`.
+    """A coarse DeepLabV3+ refined at uncertain points by a :class:`PointHead`.
 
     Args:
-        num_classes: K.
-        coarse: the coarse model; ``"deeplabv3plus"`` (its stride-4 decoder output is
-            the coarse prediction).
-        backbone, output_stride, aux, pretrained_backbone: passed to :class:`DeepLabV3Plus`.
-        num_points: training points per image (detectron2: 1024 on COCO-stuff, 2048 on Cityscapes).
-        oversample_ratio, importance_sample_ratio: k and beta of
-            :func:`get_uncertain_point_coords_with_randomness` (the paper: 3 and 0.75).
-        subdivision_steps: ``None`` = as many as reach the input size (2 from stride 4);
-            see :func:`subdivision_sizes`.
-        subdivision_num_points: cells re-predicted per step at inference (8192).
-        fine_features: ``"decoder"`` (DeepLabV3+'s stride-4 decoder output, default) or
-            ``"layer1"`` (the backbone's raw stride-4 stage, ``res2`` in detectron2's names).
-        point_channels, point_layers: the point head's width and depth (256, 3).
-        coarse_kwargs: any other :class:`DeepLabV3Plus` keyword (``decoder_channels``, ...).
+        backbone, output_stride, aux, pretrained_backbone, coarse_kwargs: for :class:`DeepLabV3Plus`.
+        num_points, oversample_ratio, importance_sample_ratio: training points per image
+            (detectron2: 1024 to 2048), and k and beta (the paper: 3 and 0.75).
+        subdivision_steps, subdivision_num_points: for :func:`subdivision_inference`.
+        fine_features: ``"decoder"`` (DeepLabV3+'s stride-4 output) or ``"layer1"`` (detectron2's ``res2``).
 
-    ``forward(images)`` in training returns ``"out"`` (the coarse logits resized to
-    (H, W)), ``"point_logits"`` (B, K, P), ``"point_coords"`` (B, P, 2) and ``"aux"``
-    with an auxiliary head; ``fit`` and the command line train it with :func:`point_loss`,
-    its :meth:`loss` (see :func:`segbook.models.base.model_loss`). In eval it
-    returns ``"out"`` from :func:`subdivision_inference`, and with
-    ``return_steps=True`` also ``"coarse"`` (B, K, h, w) and ``"steps"``.
+    Training adds ``"point_logits"`` (B, K, P) and ``"point_coords"`` (B, P, 2) for
+    :meth:`loss`; in eval ``"out"`` comes from subdivision, and ``return_steps=True``
+    adds ``"coarse"`` (B, K, h, w) and ``"steps"``.
     """
 
     def loss(self, outputs: Mapping[str, Tensor], target: Tensor, **kwargs) -> tuple[Tensor, dict[str, Tensor]]:
@@ -366,17 +295,11 @@ class PointRend(Segmenter):
 def point_loss(outputs: Mapping[str, Tensor], target: Tensor, *, point_weight: float = 1.0,
                aux_weights: Mapping[str, float] | None = None,
                ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, dict[str, Tensor]]:
-    """:func:`segbook.models.base.segmentation_loss` on ``"out"`` (and ``"aux"``) plus the point loss.
+    """:func:`~segbook.models.base.segmentation_loss` plus the cross entropy at ``outputs["point_coords"]``.
 
-    The label is read at ``outputs["point_coords"]`` with ``mode="nearest"`` (a class
-    id must not be interpolated: halfway between 3 and 15 is not class 9), and
-    points that land on ``ignore_index`` do not count. The point loss is a sum over
-    counted points divided by their number clamped at 1, so a crop whose every
-    point is ignored gives 0, not NaN. Without point outputs (a model in eval
-    mode) only the segmentation loss is returned, so ``fit`` can validate with it.
-
-    Returns ``(total, {"out": ..., "point": ..., ["aux": ...]})``, parts detached;
-    pass it as ``fit(..., loss_fn=point_loss)``.
+    The label is read there with ``mode="nearest"`` (halfway between class 3 and 15
+    is not class 9); ignored points do not count, and all-ignored gives 0, not NaN.
+    Without point outputs (eval mode) only the segmentation loss is returned.
     """
     total, parts = segmentation_loss(outputs, target, aux_weights=aux_weights, ignore_index=ignore_index)
     if "point_logits" not in outputs:

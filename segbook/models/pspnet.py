@@ -1,14 +1,9 @@
 """PSPNet: give every pixel a summary of the whole image (Zhao et al., 2017).
 
-A dilated FCN scores each pixel from what its receptive field happens to hold,
-and the part of that field that actually matters (the *effective* receptive
-field) is much smaller than the theoretical one: a boat and a car of the same
-shape look alike up close, and only the water or the road around them tells
-them apart. The pyramid pooling module averages the last feature map over the
-whole image (1x1 bin) and over coarse grids (2x2, 3x3, 6x6 bins), squeezes each
-summary with a 1x1 convolution, stretches it back over the map and appends it
-to every pixel's own features. The head then classifies local and global
-evidence together.
+A dilated FCN's effective receptive field is much smaller than its theoretical
+one, yet a boat and a car of one shape differ only by the water or road around
+them. The pyramid pooling module appends to every pixel's features the map's
+averages over 1x1, 2x2, 3x3 and 6x6 bins.
 """
 from __future__ import annotations
 
@@ -26,24 +21,13 @@ __all__ = ["PSPHead", "PSPNet", "PyramidPoolingModule"]
 
 
 class PyramidPoolingModule(nn.Module):
-    """Average-pool to ``s x s`` bins for each ``s`` in ``pool_sizes``, reduce, upsample, concatenate.
+    """Average-pool to ``s x s`` bins for each ``s`` in ``pool_sizes``, reduce, upsample, concatenate after the input.
 
-    Each branch: ``AdaptiveAvgPool2d(s)``, 1x1 conv to ``in_channels // len(pool_sizes)``
-    (no bias: BN follows), BN, ReLU, bilinear upsampling back to (h, w) with
-    ``align_corners=False``. The output is the input followed by every branch:
-    ``out_channels = in_channels + len(pool_sizes) * (in_channels // len(pool_sizes))``,
-    ``2 * in_channels`` for the paper's four sizes. ``pool_sizes=()`` makes the
-    module the identity, which is the ablation "PSPNet without the pyramid".
-
-    Training with a batch of one image fails on purpose: the 1x1 bin leaves each
-    channel a single value, which BatchNorm in training mode cannot normalise.
-
-    ``norm`` picks the branches' normalisation: ``"batch"`` (the paper's, the
-    default), ``"group"`` (GroupNorm, up to 32 groups of 4+ channels) or ``"none"``
-    (the 1x1 conv gets a bias and feeds the ReLU directly).
-    On a small batch BatchNorm normalises the 1x1 bin over only B global vectors
-    per step, and its running statistics are then noisy; the other two do not
-    depend on the batch, and allow a batch of one.
+    Each branch has ``in_channels // len(pool_sizes)`` channels (``2 * in_channels``
+    out for the paper's four sizes); ``pool_sizes=()`` is the identity, the ablation
+    "PSPNet without the pyramid". ``norm``: ``"batch"`` (the paper's), ``"group"`` or
+    ``"none"``. BatchNorm sees one value per channel and image in the 1x1 bin, so its
+    statistics are noisy on small batches and a training batch of one is refused.
     """
 
     def __init__(self, in_channels: int, pool_sizes: Sequence[int] = (1, 2, 3, 6), norm: str = "batch") -> None:
@@ -91,11 +75,7 @@ def _branch_norm(norm: str, channels: int) -> nn.Module:
 
 
 class PSPHead(nn.Module):
-    """Pyramid pooling on ``features[stage]``, then 3x3 conv + BN + ReLU + dropout and a 1x1 classifier.
-
-    ``channels`` is the width of the 3x3 "bottleneck" that mixes each pixel's own
-    features with the pooled summaries (512 in the paper and in mmsegmentation).
-    """
+    """Pyramid pooling on ``features[stage]``, a 3x3 conv (``channels``: 512 in the paper) and a classifier."""
 
     def __init__(self, in_channels: int, num_classes: int, pool_sizes: Sequence[int] = (1, 2, 3, 6),
                  channels: int = 512, dropout: float = 0.1, stage: str = "layer4", pool_norm: str = "batch") -> None:
@@ -120,18 +100,10 @@ class PSPHead(nn.Module):
 class PSPNet(SegmentationModel):
     """PSPNet on a dilated ResNet: ``{"out": (B, K, H, W)}``, plus ``"aux"`` (from ``layer3``) in training.
 
-    Args:
-        num_classes: K.
-        backbone: a :class:`ResNetBackbone` name; the paper uses ``"resnet50"``/``"resnet101"``.
-        output_stride: 8 (the paper: ``layer3`` and ``layer4`` dilated), 16 or 32.
-        pool_sizes: the pyramid's bins; ``()`` leaves a plain dilated FCN with the same head.
-        aux: add the :class:`~segbook.models.base.FCNHead` on ``layer3`` (train with
-            ``aux_weights={"aux": 0.4}``, the default of :func:`segbook.train.segmentation_loss`).
-        dropout: before the classifier of both heads.
-        pretrained_backbone: see :class:`ResNetBackbone`'s ``pretrained``.
-        channels: width of the head's 3x3 conv.
-        pool_norm: the pyramid branches' normalisation, ``"batch"`` (the paper's), ``"group"`` or
-            ``"none"``; see :class:`PyramidPoolingModule`.
+    The paper uses ``"resnet50"``/``"resnet101"`` at ``output_stride`` 8 and an
+    auxiliary :class:`~segbook.models.base.FCNHead` on ``layer3`` (weight 0.4 in the
+    loss). ``pool_sizes`` and ``pool_norm``: see :class:`PyramidPoolingModule`;
+    ``channels``: the width of the head's 3x3 conv.
     """
 
     def __init__(self, num_classes: int = 21, backbone: str = "resnet50", output_stride: int = 8,

@@ -1,8 +1,7 @@
 """The table of models by name: ``register_model`` files a model, ``build_model`` builds one.
 
-It is a module of its own, below every model module, so that a model registers
-itself by importing this table and nothing above it: ``segbook.models`` imports
-the model modules, and they import only this, so the imports go one way.
+A module of its own, below every model module, so that a model registers itself
+by importing this and nothing above it: the imports go one way.
 """
 from __future__ import annotations
 
@@ -17,11 +16,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: file a model class or factory under ``name`` in :data:`MODELS`.
+    """Decorator: file a model factory under ``name``; a taken name is refused, so no chapter overwrites another's.
 
-    The factory must accept ``num_classes`` and ``pretrained_backbone`` keywords,
-    which :func:`build_model` always passes. A name can be taken only once, so two
-    chapters cannot silently overwrite each other's model.
+    The factory must accept ``num_classes`` and ``pretrained_backbone``, which :func:`build_model` always passes.
     """
     def register(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in MODELS:

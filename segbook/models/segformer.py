@@ -1,15 +1,7 @@
 """SegFormer: a Mix Transformer encoder and an all-MLP decoder (Xie et al., 2021).
 
-The encoder (:mod:`segbook.models.mit`) gives four maps at strides 4, 8, 16
-and 32. The decoder is deliberately light, because the transformer already
-sees the whole image: each stage is projected to the same width by a linear
-layer (a 1x1 convolution), the three coarser maps are upsampled bilinearly to
-the stride-4 grid, the four are concatenated (coarsest first) and fused by a
-1x1 convolution with BatchNorm and ReLU, and a last 1x1 convolution
-classifies. No 3x3 convolution and no dilation anywhere in the head.
-
-Shape letters as everywhere in the book: B batch, K classes, C channels,
-H x W the input, h x w the stride-4 grid, D the decoder's width (256 for B0).
+The decoder is light because the transformer already sees the whole image: 1x1
+convolutions, bilinear upsampling to the stride-4 grid and no 3x3 convolution.
 """
 from __future__ import annotations
 
@@ -30,14 +22,7 @@ DECODER_CHANNELS = {"mit_b0": 256, "mit_b1": 256, "mit_b2": 768}  # the paper's 
 
 
 class AllMLPHead(nn.Module):
-    """Project every stage to ``channels`` (D), upsample to the finest stage's grid, concatenate, fuse, classify.
-
-    ``project``: one 1x1 convolution per stage (a linear layer on each cell's
-    channels); ``fuse``: 1x1 convolution (4D -> D, no bias) + BatchNorm + ReLU;
-    ``classifier``: 1x1 convolution to K after dropout. ``forward(features)``
-    takes the encoder's mapping of stages and returns (B, K, h, w) on the
-    first stage's grid (stride 4).
-    """
+    """Project every stage to D channels, upsample to the stride-4 grid, concatenate coarsest first, fuse, classify."""
 
     def __init__(self, in_channels: Mapping[str, int], num_classes: int, channels: int = 256,
                  dropout: float = 0.1) -> None:
@@ -61,17 +46,9 @@ class AllMLPHead(nn.Module):
 class SegFormer(SegmentationModel):
     """SegFormer: ``{"out": (B, K, H, W)}`` for any H, W >= 32; no auxiliary head.
 
-    Args:
-        num_classes: K.
-        backbone: a Mix Transformer variant, ``"mit_b0"`` (the default), ``"mit_b1"`` or ``"mit_b2"``.
-        decoder_channels: D; ``None`` takes the paper's (256 for B0 and B1, 768 for B2).
-        drop_path_rate: the encoder's stochastic depth (0.1, as in the paper).
-        dropout: before the classifier.
-        pretrained_backbone: see :class:`~segbook.models.mit.MixTransformer`'s ``pretrained``.
-
-    The decoder scores the stride-4 grid (``ceil(H/4) x ceil(W/4)``); the logits
-    are then resized bilinearly to the input's own size. :meth:`load_published`
-    loads a whole published SegFormer (encoder and decoder).
+    ``backbone``: ``"mit_b0"``, ``"mit_b1"`` or ``"mit_b2"``; ``decoder_channels``: D
+    (``None``: the paper's, 256 for B0 and B1, 768 for B2); ``drop_path_rate``: the
+    encoder's stochastic depth. :meth:`load_published` loads a whole published SegFormer.
     """
 
     def __init__(self, num_classes: int = 21, backbone: str = "mit_b0", decoder_channels: int | None = None,

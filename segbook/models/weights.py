@@ -1,11 +1,9 @@
 """Pretrained weights for every backbone: one switch, one file reader, one strict load that says what is wrong.
 
-A backbone's ``pretrained`` argument means the same everywhere in the book:
-``False``/``None`` random init (no network), ``True`` the published ImageNet
-weights or an error, ``"auto"`` those weights if they can be had and otherwise
-one line saying so, or the path of a saved state dict. A half-loaded backbone
-trains, but quietly underperforms, so every load is strict, and a mismatch
-names the file and up to five of the missing, unexpected and reshaped keys.
+``pretrained`` is ``False``/``None`` (random init, no network), ``True`` (the
+published ImageNet weights or an error), ``"auto"`` (those if they can be had,
+else one line and random init) or a state dict's path. A half-loaded backbone
+trains but quietly underperforms, so every load is strict.
 """
 from __future__ import annotations
 
@@ -62,11 +60,7 @@ def load_strict_(module: nn.Module, state_dict: Mapping[str, Tensor], source: st
 
 def fetch_pretrained(pretrained: bool | str | Path | None, *, what: str, url: str,
                      download: Callable[[], Mapping[str, Tensor]]) -> tuple[Mapping[str, Tensor], str] | None:
-    """``(state_dict, where it came from)`` as ``pretrained`` asks, or None for random init.
-
-    ``download()`` fetches the published weights (from ``url``, cached by
-    torch's hub); ``what`` names them in messages (``"resnet18"``).
-    """
+    """``(state_dict, source)`` as ``pretrained`` asks (``download()`` fetches the published ones), or None."""
     if pretrained is False or pretrained is None:
         return None
     if isinstance(pretrained, (str, Path)) and pretrained != "auto":

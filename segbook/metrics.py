@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .data.voc import IGNORE_INDEX
+
 __all__ = ["BoundaryIoU", "ConfusionMatrix", "boundary_dilation", "confusion_matrix", "inner_boundary"]
 
 _MAX_LISTED = 10  # bad ids named in an error message
@@ -43,7 +45,7 @@ def _out_of_range(values: torch.Tensor, num_classes: int) -> list[int]:
     return bad.unique()[:_MAX_LISTED].tolist()
 
 
-def confusion_matrix(pred, target, num_classes: int, ignore_index: int | None = 255) -> torch.Tensor:
+def confusion_matrix(pred, target, num_classes: int, ignore_index: int | None = IGNORE_INDEX) -> torch.Tensor:
     """Count (target, prediction) pairs of class ids into an int64 ``(num_classes, num_classes)`` matrix.
 
     Pixels whose target is ``ignore_index`` are skipped; any other id out of range
@@ -91,7 +93,7 @@ class ConfusionMatrix:
     The counts stay on the data's device; the scores are CPU float64.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255,
+    def __init__(self, num_classes: int, ignore_index: int | None = IGNORE_INDEX,
                  class_names: Sequence[str] | None = None) -> None:
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
@@ -101,7 +103,7 @@ class ConfusionMatrix:
         self._matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
     @classmethod
-    def from_matrix(cls, matrix, ignore_index: int | None = 255,
+    def from_matrix(cls, matrix, ignore_index: int | None = IGNORE_INDEX,
                     class_names: Sequence[str] | None = None) -> ConfusionMatrix:
         """Wrap counts made elsewhere (rows = target, columns = prediction), e.g. a hand-made example."""
         matrix = torch.as_tensor(matrix)
@@ -244,7 +246,7 @@ class BoundaryIoU:
     diagonal (the paper: 0.02); ``dilation``: d in pixels, overriding it.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255, dilation_ratio: float = 0.02,
+    def __init__(self, num_classes: int, ignore_index: int | None = IGNORE_INDEX, dilation_ratio: float = 0.02,
                  dilation: int | None = None) -> None:
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segbook.data.voc import NUM_CLASSES
 from segbook.models.registry import register_model
 from segbook.models.backbones import ResNetBackbone
 from segbook.models.base import SegmentationModel
@@ -204,7 +205,7 @@ class CCNet(SegmentationModel):
     is R (2 in the paper); ``aux`` adds an :class:`~segbook.models.base.FCNHead` on ``layer3``.
     """
 
-    def __init__(self, num_classes: int = 21, backbone: str = "resnet50", output_stride: int = 8,
+    def __init__(self, num_classes: int = NUM_CLASSES, backbone: str = "resnet50", output_stride: int = 8,
                  recurrence: int = 2, aux: bool = True, dropout: float = 0.1,
                  pretrained_backbone: bool | str | Path = False) -> None:
         body = ResNetBackbone(backbone, output_stride=output_stride, pretrained=pretrained_backbone)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
+from segbook.data.voc import NUM_CLASSES
 from segbook.models.registry import register_model
 from segbook.models.backbones import ResNetBackbone
 from segbook.models.base import FCNHead, SegmentationModel, resize_to
@@ -91,7 +92,7 @@ class DeepLabV3Plus(SegmentationModel):
     ``"aux"`` in training (DeepLab has none; off by default).
     """
 
-    def __init__(self, num_classes: int = 21, backbone: str = "resnet50", output_stride: int = 16,
+    def __init__(self, num_classes: int = NUM_CLASSES, backbone: str = "resnet50", output_stride: int = 16,
                  aux: bool = False, pretrained_backbone: bool | str | Path = False,
                  atrous_rates: Sequence[int] | None = None, aspp_channels: int = 256,
                  low_level_projection: int = 48, decoder_channels: int = 256, dropout: float = 0.1) -> None:

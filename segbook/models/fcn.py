@@ -11,6 +11,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from segbook.data.voc import NUM_CLASSES
 from segbook.models.registry import register_model
 from segbook.models.base import SegmentationModel
 from segbook.models.backbones import ResNetBackbone
@@ -79,7 +80,7 @@ class FCN(SegmentationModel):
     stride-32 scores speak. The upsamplers have no bias: the classifier has one.
     """
 
-    def __init__(self, num_classes: int = 21, backbone: str = "resnet18",
+    def __init__(self, num_classes: int = NUM_CLASSES, backbone: str = "resnet18",
                  pretrained_backbone: bool | str | Path = False, skips: bool = False,
                  aligned: bool = True) -> None:
         resnet = ResNetBackbone(backbone, output_stride=32, pretrained=pretrained_backbone)
@@ -88,7 +89,7 @@ class FCN(SegmentationModel):
 
 
 @register_model("fcn8s")
-def fcn8s(num_classes: int = 21, backbone: str = "resnet18",
+def fcn8s(num_classes: int = NUM_CLASSES, backbone: str = "resnet18",
           pretrained_backbone: bool | str | Path = False, aligned: bool = True) -> FCN:
     """FCN-8s: :class:`FCN` with the stride-16 and stride-8 skips."""
     return FCN(num_classes, backbone, pretrained_backbone, skips=True, aligned=aligned)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segbook.data.voc import IGNORE_INDEX
+from segbook.data.voc import IGNORE_INDEX, NUM_CLASSES
 from segbook.models.registry import register_model
 from segbook.models.base import Segmenter, resize_to, segmentation_loss
 from segbook.models.deeplab import DeepLabV3Plus
@@ -248,7 +248,7 @@ class PointRend(Segmenter):
         """:func:`point_loss`: without its point term the point head would learn nothing."""
         return point_loss(outputs, target, **kwargs)
 
-    def __init__(self, num_classes: int = 21, coarse: str = "deeplabv3plus", backbone: str = "resnet50",
+    def __init__(self, num_classes: int = NUM_CLASSES, coarse: str = "deeplabv3plus", backbone: str = "resnet50",
                  num_points: int = 2048, oversample_ratio: float = 3, importance_sample_ratio: float = 0.75,
                  subdivision_steps: int | None = None, subdivision_num_points: int = 8192,
                  pretrained_backbone: bool | str | Path = False, output_stride: int = 16, aux: bool = False,

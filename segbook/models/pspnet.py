@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from segbook.data.voc import NUM_CLASSES
 from segbook.models.registry import register_model
 from segbook.models.backbones import ResNetBackbone
 from segbook.models.base import SegmentationModel, resize_to
@@ -106,7 +107,7 @@ class PSPNet(SegmentationModel):
     ``channels``: the width of the head's 3x3 conv.
     """
 
-    def __init__(self, num_classes: int = 21, backbone: str = "resnet50", output_stride: int = 8,
+    def __init__(self, num_classes: int = NUM_CLASSES, backbone: str = "resnet50", output_stride: int = 8,
                  pool_sizes: Sequence[int] = (1, 2, 3, 6), aux: bool = True, dropout: float = 0.1,
                  pretrained_backbone: bool | str | Path = False, channels: int = 512,
                  pool_norm: str = "batch") -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from torch import nn
 
+from segbook.data.voc import NUM_CLASSES
+
 __all__ = ["MODELS", "build_model", "register_model"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -29,7 +31,7 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
     return register
 
 
-def build_model(name: str, num_classes: int = 21, pretrained_backbone: bool | str | Path = False,
+def build_model(name: str, num_classes: int = NUM_CLASSES, pretrained_backbone: bool | str | Path = False,
                 **kwargs) -> nn.Module:
     """Build the model registered as ``name``; extra keywords go to its constructor."""
     if name not in MODELS:

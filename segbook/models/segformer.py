@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from segbook.data.voc import NUM_CLASSES
 from segbook.models.registry import register_model
 from segbook.models.base import SegmentationModel, resize_to
 from segbook.models.mit import MIT_CONFIGS, MixTransformer, convert_segformer_state_dict
@@ -51,7 +52,7 @@ class SegFormer(SegmentationModel):
     encoder's stochastic depth. :meth:`load_published` loads a whole published SegFormer.
     """
 
-    def __init__(self, num_classes: int = 21, backbone: str = "mit_b0", decoder_channels: int | None = None,
+    def __init__(self, num_classes: int = NUM_CLASSES, backbone: str = "mit_b0", decoder_channels: int | None = None,
                  drop_path_rate: float = 0.1, dropout: float = 0.1,
                  pretrained_backbone: bool | str | Path = False) -> None:
         if backbone not in MIT_CONFIGS:

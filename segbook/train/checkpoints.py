@@ -1,18 +1,11 @@
 """Checkpoints that survive a killed run: atomic files, the run's settings inside, and an exact resume.
 
-``fit`` writes ``last.pt`` after every epoch and ``best.pt`` when the mIoU
-improves (:class:`Checkpoints`). A hard kill (a preempted Colab, a full disk)
-can land mid-write, and a resumed run that quietly loads another model's
-settings trains something else than the user thinks; both are caught here,
-each with one line to act on.
-
-A resumed run continues bit for bit only if the shuffling, the augmentations
-and any dropout draw the numbers they would have drawn, so a checkpoint also
-holds every random stream an epoch draws from: Python's, NumPy's and PyTorch's
-generators (CPU and the GPU in use) and the generators the loader shuffles
-with, one set per process under torchrun (each seeds its own with
-``seed + rank``). Everything is stored as tensors and plain values, so a
-checkpoint loads with ``weights_only=True``: no code runs from the file.
+A hard kill (a preempted Colab, a full disk) can land mid-write, and a resumed run that quietly loads
+another run's settings trains something else than the user thinks: :class:`Checkpoints` catches both,
+each with one line to act on. A resume continues bit for bit only if shuffling, augmentations and dropout
+draw what they would have drawn, so a checkpoint also holds every random stream (Python's, NumPy's,
+PyTorch's on the CPU and the GPU in use, the loader's generators), one set per process under torchrun.
+All are tensors and plain values, so a checkpoint loads with ``weights_only=True``: no code runs from it.
 """
 from __future__ import annotations
 
@@ -41,24 +34,12 @@ class ConfigMismatch(ValueError):
 
 
 def chapter_checkpoint_dir(chapter: str, name: str) -> Path:
-    """Where a chapter keeps its trained model ``name``: ``data_home()/"checkpoints"/chapter/name``.
-
-    Away from the working folder, so a chapter never resumes from (or
-    overwrites) a ``checkpoints/MODEL`` that a command-line run left there.
-    """
+    """A chapter's model ``name``: ``data_home()/"checkpoints"/chapter/name``, never a command-line run's folder."""
     return data_home() / "checkpoints" / chapter / name
 
 
-# -- files ------------------------------------------------------------------------------------------
-
-
 def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then ``os.replace`` it in.
-
-    An interrupted write (Ctrl-C, a full disk, a preempted Colab) then leaves
-    either the old checkpoint or the new one, never half a file; a temporary
-    file in the same folder keeps the rename on one file system, where it is atomic.
-    """
+    """``torch.save`` to a temporary file beside ``path``, then ``os.replace`` (atomic): a kill leaves no half file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -83,12 +64,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, *,
                     map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint written by :func:`fit` and, given ``model``, load its weights into it.
+    """Read a checkpoint written by :func:`fit` (``weights_only=True``) and, given ``model``, load its weights.
 
-    Only tensors and plain Python values are stored, so the file is read with
-    ``weights_only=True`` (no code runs from it). Returns the whole dict
-    (``epoch``, ``history``, ``best_miou``, ``config``, ...) for the curious reader.
-    """
+    Returns the whole dict (``epoch``, ``history``, ``best_miou``, ``config``, ...) for the curious reader."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {short_path(path)}; train with fit(..., checkpoint_dir=...) "
@@ -121,16 +99,10 @@ def _load_weights(path: Path, model: nn.Module, weights: Mapping, config: Mappin
 
 def config_differences(saved: Mapping, current: Mapping) -> list[str]:
     """``"key: saved -> current"`` for every setting that differs (those in ``UNCHECKED_ON_RESUME`` aside)."""
-    def plain(value):  # tuples and lists compare equal (a checkpoint may hand either back)
-        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
-
     missing = "(not recorded)"
     keys = [k for k in dict.fromkeys([*saved, *current]) if k not in UNCHECKED_ON_RESUME]
     return [f"{key}: {saved.get(key, missing)} -> {current.get(key, missing)}" for key in keys
-            if plain(saved.get(key, missing)) != plain(current.get(key, missing))]
-
-
-# -- random streams ---------------------------------------------------------------------------------
+            if _tuples(saved.get(key, missing)) != _tuples(current.get(key, missing))]
 
 
 def loader_generators(loader) -> list[torch.Generator]:
@@ -158,10 +130,7 @@ def random_state(device: torch.device | None = None) -> dict:
 def set_random_state(state: dict, loader, device: torch.device | None = None, rank: int = 0) -> None:
     """Put back what a checkpoint's ``"rng"`` holds: the loader's generators and this process's own streams.
 
-    A checkpoint from as many processes gives rank ``r`` its own streams; one
-    from a different number of processes gives every process the saved first
-    one (the run continues, but not bit for bit).
-    """
+    Rank ``r`` gets rank ``r``'s streams, or the first one's from a run with fewer processes (not bit for bit)."""
     mine = state.get("processes") or [state]
     own = mine[rank] if rank < len(mine) else mine[0]
     random.setstate(_tuples(own["python"]))
@@ -175,22 +144,15 @@ def set_random_state(state: dict, loader, device: torch.device | None = None, ra
 
 
 def _tuples(x):
-    """``random.setstate`` insists on tuples all the way down; a checkpoint may hand back lists."""
+    """Tuples all the way down: ``random.setstate`` insists, and a checkpoint may hand back lists."""
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-# -- the bookkeeping of one run ----------------------------------------------------------------------
 
 
 class Checkpoints:
     """``last.pt`` and ``best.pt`` of one ``fit`` run: where they are, resuming from them, writing them.
 
-    ``run`` holds what a checkpoint saves and a resume puts back: the model,
-    optimizer, scheduler (or None), GradScaler and training loader. ``config``
-    is the run's settings; a ``last.pt`` written with other settings is refused
-    on resume, with the list of what differs. Under several processes rank 0
-    alone writes, while every process hands in its random streams.
-    """
+    ``run`` is what is saved and put back (model, optimizer, scheduler or None, GradScaler, training loader); a
+    ``last.pt`` with another ``config`` is refused on resume, listing what differs. Rank 0 alone writes."""
 
     def __init__(self, folder: str | os.PathLike | None, run: tuple, config: dict, processes,
                  device: torch.device, say: Callable[[str], object]) -> None:

@@ -1,14 +1,14 @@
 """The command line: ``segbook-train`` / ``python -m segbook.train``.
 
-Everything that can be checked before a model is built is checked first, in
-order of cost: the arguments (argparse usage errors), the device, the dataset
-folder, then every label of both splits. A mistake then costs seconds, not an
-epoch, and every message names what to change.
+Everything that can be checked before a model is built is checked first, cheapest first (the arguments,
+the device, the dataset folder, then every label of both splits): a mistake costs seconds, not an epoch,
+and every message names what to change.
 """
 from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -49,10 +49,7 @@ def _at_least(minimum: int, kind=int, what: str = "a number"):
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _at_least(-math.inf, float)(text)  # a usage error for what is not a number
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} must be a positive number, e.g. 0.01")
     return value
@@ -100,20 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sync-batchnorm", action="store_true",
         help="under torchrun on GPUs: BatchNorm statistics over the whole global batch (default: per "
              "process); ignored by a single process")
-    add("--no-progress", action="store_true",
-        help="no progress bars, the label check's and the final evaluation's included "
-             "(default: bars unless TQDM_DISABLE is set)")
+    add("--no-progress", action="store_true", help="no progress bars, the label check's and the final evaluation's "
+                                                   "included (default: bars unless TQDM_DISABLE is set)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train, then print the final metrics and the per-class IoU table; returns the exit status.
 
-    0 when done, 1 for a problem with the data or the checkpoint (named in one
-    line on stderr), 130 after Ctrl-C; argument errors exit with 2 through argparse.
-    Under torchrun, rank 0 alone speaks and checks the labels; the other
-    processes wait for its verdict, so that all stop together or none does.
-    """
+    0 when done, 1 for a problem with the data or the checkpoint (one line on stderr), 130 after Ctrl-C; argument
+    errors exit with 2 through argparse. Under torchrun rank 0 alone speaks and checks the labels, and the others
+    wait for its verdict, so that all stop together or none does."""
     parser = build_parser()
     args = parser.parse_args(argv)
     processes = Processes(sync_batchnorm=args.sync_batchnorm)
@@ -128,8 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args, parser: argparse.ArgumentParser, device: torch.device, processes: Processes) -> int:
-    say = print if processes.is_main else _silent  # under torchrun, rank 0 alone
-    voc_dir = _dataset_dir_once_per_machine(args, parser, processes, say)
+    say = print if processes.is_main else (lambda *args, **kwargs: None)  # under torchrun, rank 0 alone
+    with processes.in_turn(processes.local_rank == 0):  # machines need not share a disk: each one's first fetches
+        voc_dir = _dataset_dir(args, parser, say)
     progress = processes.on_main(progress_on(False if args.no_progress else None), False)
     seed_everything(args.seed)  # before the model is built: its initial weights come from this seed
     problem, sizes = None, []
@@ -175,27 +170,9 @@ def _train(args, parser: argparse.ArgumentParser, device: torch.device, processe
     return 0
 
 
-def _silent(*args, **kwargs) -> None:
-    """What a process other than rank 0 prints: nothing."""
-
-
 def _fail(err: BaseException) -> int:
     print(f"segbook-train: error: {err}", file=sys.stderr)
     return 1
-
-
-def _dataset_dir_once_per_machine(args, parser: argparse.ArgumentParser, processes: Processes, say) -> Path:
-    """:func:`_dataset_dir` in the first process of each machine while the others wait, then in the others.
-
-    Machines need not share a disk, so each machine's first process fetches (or
-    generates) the data; the processes after it find it there, and only rank 0 says where.
-    """
-    if processes.local_rank != 0:
-        processes.barrier()  # wait for this machine's first process to find or fetch the data
-    voc = _dataset_dir(args, parser, say)
-    if processes.local_rank == 0:
-        processes.barrier()
-    return voc
 
 
 def _dataset_dir(args, parser: argparse.ArgumentParser, say=print) -> Path:

@@ -1,17 +1,11 @@
 """``python -m segbook.train.ddp_check``: a few steps of ``fit`` under torchrun, each process saying what it did.
 
-DistributedDataParallel promises two things that no single log line shows:
-the processes train on disjoint shares of each epoch, and they end with the
-same weights. This script makes both visible. Started by torchrun, every
-process trains the same small model with :func:`~segbook.train.fit` for one
-epoch on the first ``--images`` toy training images, records the id of every
-image it loads, and writes ``rank<r>.pt`` into ``--out``: those ids, in order,
-and its final state dict. Comparing the files checks the promises::
+DistributedDataParallel promises what no log line shows: the processes train on disjoint shares of each epoch, and
+end with the same weights. Under torchrun every process trains one small model with :func:`~segbook.train.fit` for
+one epoch on the first ``--images`` toy training images and writes to ``--out/rank<r>.pt`` the ids of the images it
+loaded, in order, and its final state dict; comparing the files (:func:`read_ranks`, chapter 7) checks the promises::
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 \\
-        -m segbook.train.ddp_check --out /tmp/ddp
-
-Chapter 7 runs it with two Gloo processes on a CPU (see :func:`read_ranks`).
+    python -m torch.distributed.run --standalone --nproc-per-node 2 -m segbook.train.ddp_check --out /tmp/ddp
 """
 from __future__ import annotations
 
@@ -35,9 +29,7 @@ __all__ = ["RecordIds", "main", "read_ranks"]
 class RecordIds(Dataset):
     """A VOC split (or a subset of one) that appends the id of every image it loads to ``ids``.
 
-    With ``num_workers=0`` the items are loaded in the training process
-    itself, so ``ids`` is exactly what this process trained on, in order.
-    """
+    With ``num_workers=0`` the training process loads the items itself: ``ids`` is what it trained on."""
 
     def __init__(self, dataset: Subset | data.VOCSegmentation) -> None:
         self.dataset, self.ids = dataset, []
@@ -71,11 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     processes = Processes()
     with processes.joined("cpu"):  # joined here, so that rank 0 can write the toy set before the others read it
-        if processes.rank != 0:
-            processes.barrier()  # wait for rank 0 to find or write the toy set
-        voc = data.get_voc_dir("toy", args.root, verbose=False)
-        if processes.rank == 0:
-            processes.barrier()
+        with processes.in_turn(processes.rank == 0):  # rank 0 finds or writes the toy set, then the others read it
+            voc = data.get_voc_dir("toy", args.root, verbose=False)
         train = data.VOCSegmentation(voc, "train", transforms=data.train_transforms(tuple(args.crop_size)))
         val = data.VOCSegmentation(voc, "val", transforms=data.eval_transforms())
         recorded = RecordIds(Subset(train, range(args.images)))

@@ -1,37 +1,25 @@
 """Training on several processes: everything that changes under ``torchrun``, behind one object.
 
-``torchrun --nproc_per_node=N`` starts N copies of a script on each machine and
-gives each ``RANK`` (0 .. ``WORLD_SIZE`` - 1 over all machines), ``WORLD_SIZE``
-and ``LOCAL_RANK`` (its GPU on its own machine). :class:`Processes` reads them
-and answers every question ``fit`` and ``evaluate`` have about the other
-processes, so the loop reads the same with one process or many. With one
-process every method is the identity. Every collective call of segbook is here.
+``torchrun --nproc_per_node=N`` starts N copies of a script on each machine, each with its ``RANK`` (0 ..
+``WORLD_SIZE`` - 1 over all machines), ``WORLD_SIZE`` and ``LOCAL_RANK`` (its GPU on its machine).
+:class:`Processes` answers every question ``fit`` and ``evaluate`` have about the other processes, so the loop
+reads the same with one process (every method the identity) or many. Every collective call of segbook is here.
 
-* ``DistributedDataParallel`` averages the gradients after every backward, so
-  every process holds the same weights at every step;
-* each process trains on its own share of the training set, with a batch of
-  the loader's size: the batch size is per process, the global batch N times larger;
-* each process validates every N-th image and the confusion matrices are summed;
-* rank 0 alone logs, draws and writes checkpoints;
-* each process seeds its own random numbers (dropout, PointRend's points) with
-  ``seed + rank``, as detectron2 and mmsegmentation do; the data order comes
-  from the loader's generators, seeded alike everywhere.
+* ``DistributedDataParallel`` averages the gradients after every backward: all hold the same weights;
+* each process trains on its own share of the training set with a batch of the loader's size (the batch size is
+  per process, the global batch N times larger), validates every N-th image, and the confusion matrices are
+  summed; rank 0 alone logs, draws and writes checkpoints;
+* each seeds its own random numbers (dropout, PointRend's points) with ``seed + rank``, as detectron2 and
+  mmsegmentation do; the data order comes from the loader's generators, seeded alike everywhere.
 
-**The loss's average.** By default each process averages its loss over its own
-counted pixels and DDP averages the N gradients: a mean of per-process means,
-which weights each pixel of a process with more ignored (255) pixels more.
-``Processes(global_pixel_mean=True)`` scales each process's loss by
-``N * its count / the all-reduced count``, so the averaged gradient is that of
-one mean over every counted pixel of the global batch, as one process with the
-N times larger batch computes it.
+**The loss's average.** By default each process averages its loss over its own counted pixels and DDP averages
+the N gradients: a mean of means, which weights each pixel of a process with more ignored (255) pixels more.
+``Processes(global_pixel_mean=True)`` scales each process's loss by ``N * its count / the all-reduced count``:
+the gradient of one mean over every counted pixel of the global batch, as one process with that batch computes it.
 
-**BatchNorm's running statistics.** DDP broadcasts rank 0's buffers at the
-start of every training forward, so the running statistics are rank 0's,
-updated from rank 0's images; :meth:`~Processes.sync_buffers` copies them to
-every process once more after an epoch's last step. ``sync_batchnorm=True``
-(CUDA) computes the batch statistics over the global batch instead.
-
-NCCL on GPUs; Gloo on CPUs and in the tests.
+**BatchNorm's running statistics** are rank 0's (DDP broadcasts its buffers at every training forward);
+:meth:`~Processes.sync_buffers` copies them once more after an epoch's last step. ``sync_batchnorm=True`` (CUDA)
+computes the batch statistics over the global batch instead. NCCL on GPUs; Gloo on CPUs and in the tests.
 """
 from __future__ import annotations
 
@@ -72,13 +60,7 @@ class RanksDisagree(RuntimeError):
 
 
 class Processes:
-    """The processes that train together: this one alone, or torchrun's N. See the module's text.
-
-    Settings: ``sync_batchnorm`` (CUDA: BatchNorm statistics over the global
-    batch) and ``global_pixel_mean`` (the loss averaged over the global batch's
-    counted pixels). :meth:`start` joins the group; until then, and without
-    torchrun, this is one process (rank 0 of 1).
-    """
+    """The processes that train together (see the module's text): rank 0 of 1 until :meth:`start` joins a group."""
 
     def __init__(self, *, sync_batchnorm: bool = False, global_pixel_mean: bool = False) -> None:
         self.sync_batchnorm, self.global_pixel_mean = sync_batchnorm, global_pixel_mean
@@ -100,12 +82,9 @@ class Processes:
     def start(self, device: torch.device | str | None = None) -> torch.device:
         """Join the group of a torchrun launch (or one the caller made); returns this process's device.
 
-        A group that already exists is used as it is. Otherwise, with torchrun's
-        variables set and ``WORLD_SIZE > 1``, the group is made from the
-        environment, NCCL for CUDA and Gloo for the CPU, after checking that the
-        device can work (:func:`segbook.env.get_device` with the local rank),
-        and :meth:`close` destroys it again. ``WORLD_SIZE == 1`` is one process.
-        """
+        An existing group is used as it is. Otherwise, with ``WORLD_SIZE > 1``, the group is made from
+        torchrun's variables (NCCL for CUDA, Gloo for the CPU) once :func:`segbook.env.get_device` accepts the
+        local rank's device, and :meth:`close` destroys it again."""
         if dist.is_available() and dist.is_initialized():
             self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
             self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
@@ -144,16 +123,11 @@ class Processes:
             if not made_before:
                 self.close()
 
-    # -- what changes in the loop ------------------------------------------------------------------
-
     def seed(self, seed: int, train_loader) -> None:
         """Seed this process's global streams with ``seed + rank``; rewind the loader's generators to their seeds.
 
-        Dropout masks and PointRend's random points come from the global streams,
-        so each process must draw its own; the data order and each item's
-        augmentations come from the loader's generators, which every process
-        rewinds alike, so the processes still agree on one permutation to share.
-        """
+        Dropout and PointRend's points draw from the global streams: each process draws its own. The loader's
+        generators (order, augmentations) are rewound alike everywhere: all share one permutation."""
         seed_everything(seed + self.rank)
         for gen in loader_generators(train_loader):
             gen.manual_seed(gen.initial_seed())
@@ -161,11 +135,8 @@ class Processes:
     def shard_train(self, loader: DataLoader, seed: int = 0) -> DataLoader:
         """The training loader this process iterates: the same settings, its own share of the items.
 
-        segbook's loaders (a :class:`~segbook.data.SeededShuffle` sampler) are
-        sharded with :class:`ShardedSeededShuffle`; any other loader gets PyTorch's
-        ``DistributedSampler`` (shuffled when the loader shuffles, a new order each
-        epoch through :meth:`set_epoch`).
-        """
+        A :class:`~segbook.data.SeededShuffle` sampler becomes a :class:`ShardedSeededShuffle`; any other gets
+        PyTorch's ``DistributedSampler`` (shuffled when the loader shuffles, reordered by :meth:`set_epoch`)."""
         if not self.several:
             return loader
         if not isinstance(loader, DataLoader) or loader.batch_size is None:
@@ -181,9 +152,8 @@ class Processes:
     def shard_val(self, loader: DataLoader) -> DataLoader:
         """Every ``world_size``-th validation image from ``rank`` on: disjoint shares that cover the set once.
 
-        Unlike ``DistributedSampler``, nothing is repeated to even out the shares,
-        so the summed confusion matrices count every image exactly once.
-        """
+        Unlike ``DistributedSampler``'s, nothing is repeated to even out the shares, so the summed confusion
+        matrices count every image exactly once."""
         if not self.several:
             return loader
         if not isinstance(loader, DataLoader):
@@ -233,10 +203,8 @@ class Processes:
                    device: torch.device) -> tuple[ConfusionMatrix | None, Tensor, int]:
         """Every process's confusion matrix, loss sum and pixel count, added up (a share may be empty).
 
-        A process that scored nothing does not know the number of classes, but
-        it must join every collective the others make (or they wait for it for
-        ever), so the processes first agree on K, the largest any of them saw.
-        """
+        A process that scored nothing does not know K but must join every collective (or the others wait for
+        ever), so the processes first agree on K, the largest any of them saw."""
         if not self.several:
             return confusion, loss_sum, pixels
         known = torch.tensor([confusion.num_classes if confusion is not None else 0], device=device)
@@ -250,16 +218,11 @@ class Processes:
         dist.all_reduce(totals)
         return ConfusionMatrix.from_matrix(matrix, ignore_index=ignore_index), totals[0], int(totals[1])
 
-    # -- what the processes agree on ---------------------------------------------------------------
-
     def gather_states(self, state: dict) -> list[dict] | None:
         """Every process's ``state`` (tensors and plain values, e.g. random streams) in rank order; None alone.
 
-        Sent as ``torch.save`` bytes and read back with ``weights_only=True``:
-        the pickling inside ``all_gather_object`` cannot carry some tensors
-        (NumPy's uint32 generator state), and this way what arrives is exactly
-        what a checkpoint can hold.
-        """
+        Sent as ``torch.save`` bytes, read with ``weights_only=True``: ``all_gather_object``'s pickling cannot carry
+        some tensors (NumPy's uint32 generator state), and what arrives is what a checkpoint holds."""
         if not self.several:
             return None
         buffer = io.BytesIO()
@@ -277,11 +240,8 @@ class Processes:
     def agree_on_resume(self, start: int, device: torch.device) -> None:
         """Stop every process, with one message, unless all resumed at the same epoch.
 
-        Each process reads ``last.pt`` itself. A checkpoint folder that is not
-        the same file for all of them (a relative path on a second machine, a
-        disk that is not shared) would let one process start from scratch while
-        another continues, and DDP would average the gradients of two runs.
-        """
+        Each process reads ``last.pt`` itself; where that is not one file for all (a relative path on a second
+        machine, a disk not shared), one could start afresh while another continues: DDP would mix two runs."""
         if not self.several:
             return
         starts = torch.zeros(self.world_size, dtype=torch.int64, device=device)
@@ -297,17 +257,22 @@ class Processes:
         if self.several:
             dist.barrier()
 
+    @contextmanager
+    def in_turn(self, first: bool) -> Iterator[None]:
+        """Run the block where ``first`` is true while the others wait, then in the others (e.g. to fetch data once)."""
+        if not first:
+            self.barrier()
+        yield
+        if first:
+            self.barrier()
+
 
 class ShardedSeededShuffle(Sampler):
     """One process's share of a :class:`~segbook.data.SeededShuffle`: every ``world_size``-th item.
 
-    Every process draws the same order and item seeds from the same generator
-    (seeded identically, advanced identically, restored identically on resume),
-    keeps a multiple of ``world_size * batch_size`` items, and takes items
-    ``rank, rank + world_size, ...``. Step ``k`` of the N processes together then
-    sees exactly the items, with exactly the augmentations, of step ``k`` of one
-    process with an N times larger batch.
-    """
+    Every process draws the same order and item seeds from the same generator (seeded, advanced and restored
+    alike), keeps a multiple of ``world_size * batch_size`` items and takes ``rank, rank + world_size, ...``: step
+    ``k`` of the N processes sees the items and augmentations of step ``k`` of one with an N times larger batch."""
 
     def __init__(self, base: SeededShuffle, processes: Processes, batch_size: int) -> None:
         self.base, self.rank, self.world_size = base, processes.rank, processes.world_size
@@ -326,16 +291,13 @@ class ShardedSeededShuffle(Sampler):
         return self.usable // self.world_size
 
 
-# Passed by _rebuild itself; every other DataLoader parameter is copied from the loader being sharded.
 _SET_BY_REBUILD = frozenset({"self", "dataset", "batch_size", "shuffle", "sampler", "batch_sampler", "drop_last"})
 
 
 def _rebuild(loader: DataLoader, dataset, sampler: Sampler | None, drop_last: bool) -> DataLoader:
     """A DataLoader like ``loader`` (workers, pinning, prefetching, ...) over ``dataset`` with ``sampler``.
 
-    The options are read from DataLoader's own signature, so one that a later
-    PyTorch adds is carried too, instead of silently falling back to its default.
-    """
+    The other options are read from DataLoader's own signature: one that a later PyTorch adds is carried, not reset."""
     options = {name: getattr(loader, name) for name in inspect.signature(DataLoader.__init__).parameters
                if name not in _SET_BY_REBUILD and hasattr(loader, name)}
     return DataLoader(dataset, batch_size=loader.batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,

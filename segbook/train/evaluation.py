@@ -1,10 +1,8 @@
 """Scoring a model on a validation set: loss, pixel accuracy, per-class IoU and mIoU.
 
-Validation images differ in size, and a batch of them has to be padded to
-stack. A network sees that padding (zero-padded convolutions, global pooling),
-so scoring padded batches makes the mIoU depend on which images share a batch.
-Here every image goes through the network alone, at its own size, whatever
-the loader's batch size: one score per model and data, as VOC's protocol means.
+A network sees the padding that stacks images of different sizes (zero-padded convolutions, global
+pooling), so scoring padded batches makes the mIoU depend on which images share a batch. Here every
+image goes through the network alone, at its own size: one score per model and data, as VOC's protocol means.
 """
 from __future__ import annotations
 
@@ -26,12 +24,8 @@ __all__ = ["evaluate", "single_images"]
 def single_images(batch, per_image: bool = True) -> Iterator[tuple[Tensor, Tensor]]:
     """The ``(1, 3, H, W)`` image and ``(1, H, W)`` mask of each item of ``batch``, at its own size.
 
-    Understands three batch forms: a padded batch that carries each image's
-    size (:class:`segbook.data.PaddedBatch`, what ``load_voc``'s validation
-    loader gives), lists of unpadded tensors, and plain stacked tensors (e.g. a
-    ``TensorDataset``, whose images share one size). ``per_image=False`` passes
-    stacked tensors through whole, padding and all, for speed on equal sizes.
-    """
+    ``batch`` is a :class:`segbook.data.PaddedBatch` carrying each image's size (``load_voc``'s validation loader),
+    lists of unpadded tensors, or stacked tensors of one size, which ``per_image=False`` passes on whole (faster)."""
     images, masks = batch
     sizes = getattr(batch, "sizes", None)
     if isinstance(images, (list, tuple)):
@@ -65,22 +59,11 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str |
              max_images: int | None = None, processes: Processes | None = None) -> dict:
     """Loss, pixel accuracy, per-class IoU and mIoU of ``model`` over ``loader``, one image per forward pass.
 
-    Scores come from one confusion matrix over the whole set (the VOC
-    protocol), and the loss is averaged over counted pixels rather than
-    batches or images. Each image is scored alone and without padding (see
-    :func:`single_images`), so the result does not depend on the batch size;
-    ``per_image=False`` forwards stacked batches whole, for loaders of
-    equal-sized images. ``device=None`` evaluates where the model already is;
-    ``num_classes=None`` reads it from the logits; ``max_images`` stops early.
-    The default loss is the model's own (:func:`segbook.models.base.model_loss`).
-    Returns ``{"loss", "pixel_acc", "miou", "iou", "confusion"}`` (``iou`` a list
-    of floats, NaN for a class in neither target nor prediction; ``confusion``
-    the :class:`~segbook.metrics.ConfusionMatrix`).
-
-    Under several processes (``processes``, see :class:`Processes`) each passes
-    its own share of the validation set and all get the scores of the whole;
-    a share may be empty.
-    """
+    Scores come from one confusion matrix over the whole set (the VOC protocol); the loss is averaged over counted
+    pixels, not batches or images. ``device=None``: where the model is; ``num_classes=None``: K from the logits;
+    ``loss_fn``: the model's own; ``per_image``: see :func:`single_images`; ``max_images`` stops early. Returns
+    ``{"loss", "pixel_acc", "miou", "iou", "confusion"}`` (``iou`` a list, NaN for a class in neither target nor
+    prediction). Under several ``processes`` each scores its share (maybe empty) and all get the whole's scores."""
     if device is not None:
         model.to(device)
     device = model_device(model)

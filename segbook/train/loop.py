@@ -1,52 +1,31 @@
 """The training loop every chapter uses: ``fit``, and ``train_one_epoch`` inside it.
 
-A segmentation recipe is mostly the same across FCN, PSPNet, CCNet and
-DeepLab: the model's own loss (pixel-wise cross entropy that skips VOC's 255
-border), SGD with momentum and the "poly" learning-rate decay of DeepLab and
-PSPNet, mixed precision on a GPU, and an mIoU on the validation set after each
-epoch. Writing it once keeps the chapters about the models. What is easy to
-get subtly wrong lives behind small objects named for it (:class:`Checkpoints`,
-:class:`Processes`), so that ``fit`` reads as the loop of chapter 3.
+FCN, PSPNet, CCNet and DeepLab share one recipe: the model's own loss, SGD with momentum and the "poly" decay of
+DeepLab and PSPNet, mixed precision on a GPU, an mIoU after each epoch. What is easy to get subtly wrong lives
+behind :class:`Checkpoints` and :class:`Processes`, so that ``fit`` reads as chapter 3's loop. Its options:
 
-``fit``'s options:
+**The recipe.** ``optimizer``, or SGD (momentum 0.9, weight decay 1e-4) at ``lr``; the rate follows
+:func:`poly_schedule` per step (``poly_power=0``: fixed) after ``warmup_steps`` of linear warm-up; ``clip_grad_norm``
+clips the gradient norm. For a transformer: ``warmup_steps``, ``poly_power=1.0`` and
+``optimizer=torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=...)``. The loss: the model's own
+(:func:`segbook.models.base.model_loss`: cross entropy skipping 255, plus PointRend's point loss) or
+``loss_fn(outputs, target)``. ``amp``/``channels_last``: float16 autocast/channels-last tensors (None: on with CUDA).
 
-**The recipe.** ``optimizer``, or SGD with momentum 0.9 and weight decay 1e-4
-at ``lr``; the learning rate follows :func:`poly_schedule` per iteration
-(``poly_power=0`` keeps it fixed) after ``warmup_steps`` of linear warm-up;
-``clip_grad_norm`` clips the gradients' norm. A transformer's recipe is
-``optimizer=torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=...)``
-with ``warmup_steps`` and ``poly_power=1.0``. The loss is the model's own
-(:func:`segbook.models.base.model_loss`: cross entropy that skips 255, plus
-PointRend's point loss for PointRend), or ``loss_fn(outputs, target)``. On
-CUDA, by default, float16 autocast with a GradScaler and channels-last tensors
-(``amp``/``channels_last``: None means "on when CUDA").
+**Reproducible on a CPU.** ``seed`` seeds Python, NumPy and PyTorch and rewinds the generator that shuffles
+``train_loader`` to its own seed (``load_voc(seed=...)``): the same loaders and fresh models give the same history.
 
-**Reproducible on a CPU.** ``seed`` seeds Python, NumPy and PyTorch, and the
-generator that shuffles ``train_loader`` is rewound to its own seed (set by
-``load_voc(seed=...)``), so two calls with the same loaders and freshly
-built models give the same history.
+**Checkpoints.** With ``checkpoint_dir``, atomically: ``last.pt`` after every epoch and ``best.pt`` when
+``val_miou`` improves, with all a bit-for-bit resume needs and the run's settings (the recipe and ``run_config``,
+e.g. crop and batch size). ``resume=True`` continues from ``last.pt`` (its history included) and refuses one written
+with other settings, listing them. Ctrl-C says what was saved; a non-finite loss raises :class:`TrainingDiverged`.
 
-**Checkpoints.** With ``checkpoint_dir``, ``last.pt`` after every epoch and
-``best.pt`` whenever ``val_miou`` improves, atomically, with everything a
-bit-for-bit resume needs and the run's settings (the recipe, plus
-``run_config``, e.g. the crop and batch size). ``resume=True`` continues from
-``last.pt`` (the history returned includes the earlier epochs) and refuses
-one written with other settings, listing them. Ctrl-C says in one line what
-was saved; a NaN or infinite loss raises :class:`TrainingDiverged`.
+**Several processes.** Under ``torchrun`` (or in the caller's group) every process trains at once, a batch of the
+loader's size each (see :class:`Processes`; its ``sync_batchnorm`` and ``global_pixel_mean`` change two defaults).
 
-**Several processes.** Under ``torchrun`` (or in a process group the caller
-made) every process trains at once: see :class:`Processes` (DDP, a share of
-the data each, the batch size per process, validation summed, rank 0 alone
-logs and writes; ``processes=Processes(sync_batchnorm=True)`` and
-``global_pixel_mean=True`` change two defaults).
-
-**Output and limits.** ``log`` gets one line per epoch (None: silence);
-``progress`` tqdm bars (default: unless ``TQDM_DISABLE`` is set);
-``live_plot`` redraws loss and mIoU in a notebook (default: only in one).
-``max_steps_per_epoch`` and ``max_val_images`` cut each epoch and each
-validation short, to see quickly that a setting runs (the schedule is still
-laid out for whole epochs), as Lightning's ``limit_train_batches`` does.
-``seconds`` in the history is wall time, never printed: it differs between runs.
+**Output and limits.** ``log`` gets one line per epoch (None: silence); ``progress`` tqdm bars (default: unless
+``TQDM_DISABLE`` is set); ``live_plot`` redraws loss and mIoU (default: in a notebook only). As Lightning's
+``limit_train_batches``, ``max_steps_per_epoch`` and ``max_val_images`` cut epochs and validations short to see that
+a setting runs (the schedule still spans whole epochs). ``seconds`` in the history is wall time, never printed.
 """
 from __future__ import annotations
 
@@ -77,31 +56,22 @@ SGD_MOMENTUM, SGD_WEIGHT_DECAY = 0.9, 1e-4  # fit's optimizer when none is given
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite: training stopped, the last good checkpoint is left as it was.
 
-    Attributes say where it happened (``epoch``, ``step``, ``loss``), which
-    checkpoint survives (``checkpoint``, a path or None) and what was learnt
-    up to then (``history``, the finished epochs).
-    """
+    ``epoch``, ``step``, ``loss``: where; ``checkpoint``: what survives (path or None); ``history``: epochs done."""
 
     def __init__(self, message: str, *, epoch: int | None = None, step: int | None = None, loss: float = math.nan,
                  checkpoint: os.PathLike | None = None, history: list[dict] | None = None) -> None:
         super().__init__(message)
-        self.epoch, self.step, self.loss = epoch, step, loss
-        self.checkpoint = checkpoint
-        self.history = history or []
+        self.epoch, self.step, self.loss, self.checkpoint, self.history = epoch, step, loss, checkpoint, history or []
 
 
 def poly_schedule(max_iters: int, power: float = 0.9, warmup_steps: int = 0) -> Callable[[int], float]:
     """The factor ``(1 - it / max_iters) ** power`` for ``LambdaLR``, one step per iteration, after a warm-up.
 
-    DeepLab and PSPNet decay the learning rate this way: smoothly to zero at the
-    last iteration, faster than linear near the end (``power=1.0`` is linear,
-    ``power=0`` a fixed rate). With ``warmup_steps`` the factor first rises
-    linearly, ``(it + 1) / warmup_steps``, and the decay then runs over the
-    remaining steps (SegFormer's recipe): Adam's first steps, taken with
-    second-moment estimates from a handful of gradients, are the ones that can
-    throw a transformer off. A plain function on purpose: ``LambdaLR`` then saves
-    only its step count, so a resumed run rebuilds the curve for the epochs it is asked to reach.
-    """
+    DeepLab's and PSPNet's decay: smoothly to zero at the last iteration, faster than linear near the end
+    (``power=1.0`` linear, ``power=0`` fixed). ``warmup_steps`` first raise it as ``(it + 1) / warmup_steps``, then
+    the decay runs over the rest (SegFormer's recipe): Adam's first steps, with second moments from a handful of
+    gradients, can throw a transformer off. A plain function: ``LambdaLR`` saves only its step count, and a resumed
+    run rebuilds the curve for the epochs it is asked to reach."""
     max_iters = max(1, int(max_iters))
     if not isinstance(warmup_steps, int) or not 0 <= warmup_steps < max_iters:
         raise ValueError(f"warmup_steps={warmup_steps!r}: use an int from 0 to {max_iters - 1} "
@@ -115,17 +85,12 @@ def poly_schedule(max_iters: int, power: float = 0.9, warmup_steps: int = 0) -> 
     return factor
 
 
-def param_groups_weight_decay(model: nn.Module, weight_decay: float,
-                              no_weight_decay: Iterable[str] = ()) -> list[dict]:
+def param_groups_weight_decay(model: nn.Module, weight_decay: float, no_weight_decay: Iterable[str] = ()) -> list[dict]:
     """The model's trainable parameters in two optimizer groups: with ``weight_decay``, and without.
 
-    Decaying a LayerNorm's or BatchNorm's scale and shift, or a bias, pulls them
-    towards 0 for no gain (they do not make the model more complex), so
-    transformers exclude them (as timm's ``param_groups_weight_decay`` does):
-    every 1-D parameter, and the names listed in ``no_weight_decay`` (e.g. a
-    table of positional embeddings). Use it as
-    ``torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=...)``.
-    """
+    Decaying a norm's scale and shift, or a bias, pulls them towards 0 for no gain (they add no complexity), so
+    transformers exempt them, as timm does: every 1-D parameter, and the names in ``no_weight_decay`` (e.g.
+    positional embeddings). Use: ``torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=...)``."""
     skip = set(no_weight_decay)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -146,11 +111,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     desc: str = "train") -> dict[str, float]:
     """One pass over ``loader``: the mean loss, and the mean of each head's loss when there are several.
 
-    The scheduler steps once per iteration. A non-finite loss in any process
-    stops every process at the same step (one stopping alone would leave the
-    others waiting for its gradients forever). ``max_steps`` stops the epoch
-    early, to try a setting quickly.
-    """
+    The scheduler steps per iteration. A non-finite loss in any process stops all at the same step (one stopping
+    alone would leave the others waiting for its gradients forever); ``max_steps`` ends the epoch."""
     processes = processes or Processes()
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     model.train()
@@ -214,7 +176,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float = 
     _length(train_loader)  # fails early, with a clear message, for a loader without a length
     processes = processes or Processes()
     with processes.joined(device) as device:  # under torchrun: cuda means GPU LOCAL_RANK
-        say = processes.on_main(log, None) or _silent
+        say = processes.on_main(log) or (lambda line: None)  # log=None, or not rank 0: silence
         amp, progress = _amp_dtype(amp, device), processes.on_main(progress_on(progress), False)
         channels_last = default_channels_last(device) if channels_last is None else channels_last
         processes.seed(seed, train_loader)
@@ -258,10 +220,6 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int, lr: float = 
             say(_format_epoch(history[-1], epochs))
         checkpoints.finish(start, epochs)
         return history
-
-
-def _silent(line: str) -> None:
-    """What ``log`` is where nothing is printed (log=None, or a process other than rank 0)."""
 
 
 def _length(loader) -> int:

@@ -1,9 +1,7 @@
 """Inference: the class map of one image at its own size, by sliding windows when it is large.
 
-A model trained on crops sees objects at the crops' scale; cutting a large
-test image into crop-sized, overlapping windows keeps that scale, and
-averaging the overlaps removes the seams. Every chapter's model is called
-the same way, since all return ``{"out": logits}`` at the input's size.
+A model trained on crops sees objects at the crops' scale; cutting a large test image into crop-sized,
+overlapping windows keeps that scale, and averaging the overlaps removes the seams.
 """
 from __future__ import annotations
 
@@ -27,11 +25,8 @@ def sliding_windows(height: int, width: int, crop_size: int | Sequence[int],
                     stride: int | Sequence[int] | None = None) -> list[tuple[int, int, int, int]]:
     """``(top, left, bottom, right)`` of crop-sized windows covering a ``height x width`` image.
 
-    Windows start every ``stride`` pixels (default two thirds of the crop, so
-    neighbours overlap by a third) and the last one on each axis is moved back
-    to end at the border, so no window hangs over the image. On an axis shorter
-    than the crop there is one window, and it does hang over (the caller pads).
-    """
+    Windows start every ``stride`` pixels (default: two thirds of the crop); the last on each axis is moved back to
+    end at the border, so none hangs over, but the one window of an axis shorter than the crop (the caller pads)."""
     ch, cw = as_pair(crop_size, "crop_size")
     sh, sw = as_pair(stride, "stride") if stride is not None else (max(1, round(ch * 2 / 3)), max(1, round(cw * 2 / 3)))
     if sh > ch or sw > cw:
@@ -64,13 +59,8 @@ def predict_logits(model: nn.Module, image: Tensor, *, crop_size: int | Sequence
                    batch_size: int = 4) -> Tensor:
     """Class scores ``(K, H, W)`` for one image, by sliding windows when it is larger than ``crop_size``.
 
-    A model trained on crops sees the same scale at test time if the image is
-    cut into crop-sized windows; overlapping windows are summed and each pixel
-    divided by how many windows covered it. An axis shorter than the crop is
-    padded with zeros (ImageNet's mean after normalisation) and cut back.
-    Without ``crop_size``, or for an image no larger than it, the whole image
-    goes through at once. Returned on the image's device, in float32.
-    """
+    Overlapping windows are summed and each pixel divided by how many covered it; an axis shorter than the crop is
+    padded with zeros and cut back. Without ``crop_size``, the whole image at once; float32, on the image's device."""
     x = _as_model_input(image)  # (3, H, W)
     if device is not None:
         model.to(device)
@@ -117,8 +107,6 @@ def predict(model: nn.Module, image: Tensor, *, crop_size: int | Sequence[int] |
             stride: int | Sequence[int] | None = None, device: torch.device | str | None = None) -> Tensor:
     """The class map ``(H, W)`` (int64) of one image at its own size; see :func:`predict_logits`.
 
-    ``image`` is ``(3, H, W)``: normalised float (as ``eval_transforms`` gives)
-    or uint8 (normalised here with ImageNet's mean and std). The model runs
-    where it is unless ``device`` is given; the result is on the image's device.
-    """
+    ``image`` is ``(3, H, W)``, normalised float (as ``eval_transforms`` gives) or uint8 (normalised here with
+    ImageNet's mean and std). The model runs where it is unless ``device`` is given."""
     return predict_logits(model, image, crop_size=crop_size, stride=stride, device=device).argmax(0)

@@ -1,7 +1,6 @@
-"""The parts of a training or evaluation loop that are not about learning: precision, memory layout, bars.
+"""What a training or evaluation loop does that is not learning: precision, memory layout, bars.
 
-Kept apart so that ``fit``, ``train_one_epoch`` and ``evaluate`` read as the
-loops they are, and all three make these choices the same way.
+Kept apart so that ``fit``, ``train_one_epoch`` and ``evaluate`` read as loops and make these choices alike.
 """
 from __future__ import annotations
 
@@ -21,11 +20,9 @@ _AMP_NAMES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.flo
 def amp_dtype(amp: bool | str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain float32.
 
-    ``None`` means float16 on CUDA (every CUDA GPU runs it, with a GradScaler
-    against underflow, Micikevicius et al., 2018) and float32 elsewhere;
-    ``True`` picks float16 on CUDA and bfloat16 on other devices; a dtype or its
-    name ("float16", "bfloat16") forces it. A GradScaler is used with float16 only.
-    """
+    ``None`` means float16 on CUDA (every CUDA GPU runs it, with a GradScaler against underflow, Micikevicius et
+    al., 2018) and float32 elsewhere; ``True`` float16 on CUDA and bfloat16 elsewhere; a dtype or its name
+    ("float16", "bfloat16") forces it. Only float16 needs a GradScaler."""
     if amp is None:
         return torch.float16 if device.type == "cuda" else None
     if amp is False:

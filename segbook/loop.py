@@ -54,25 +54,34 @@ class TrainingDiverged(FloatingPointError):
         self.history = history or []
 
 
-def poly_schedule(max_iters: int, power: float = 0.9) -> Callable[[int], float]:
+def poly_schedule(max_iters: int, power: float = 0.9, warmup_steps: int = 0) -> Callable[[int], float]:
     """The factor ``(1 - it / max_iters) ** power`` for ``LambdaLR``, one step per iteration.
 
     DeepLab and PSPNet decay the learning rate this way: smoothly to zero at the
-    last iteration, faster than linear near the end. It is a plain function on
-    purpose: ``LambdaLR`` then saves only its step count, so a resumed run
-    rebuilds the curve for the epochs it is asked to reach.
+    last iteration, faster than linear near the end (``power=1.0`` is linear).
+    With ``warmup_steps`` the factor first rises linearly, ``(it + 1) / warmup_steps``,
+    and the decay then runs over the remaining ``max_iters - warmup_steps`` steps
+    (SegFormer's recipe): Adam's first steps, taken with second-moment estimates
+    from a handful of gradients, are the ones that can throw a transformer off.
+    It is a plain function on purpose: ``LambdaLR`` then saves only its step
+    count, so a resumed run rebuilds the curve for the epochs it is asked to reach.
     """
     max_iters = max(1, int(max_iters))
+    if not isinstance(warmup_steps, int) or not 0 <= warmup_steps < max_iters:
+        raise ValueError(f"warmup_steps={warmup_steps!r}: use an int from 0 to {max_iters - 1} "
+                         f"(fewer than the {max_iters} steps of the whole run).")
 
     def factor(it: int) -> float:
-        return max(0.0, 1.0 - it / max_iters) ** power
+        if it < warmup_steps:
+            return (it + 1) / warmup_steps
+        return max(0.0, 1.0 - (it - warmup_steps) / (max_iters - warmup_steps)) ** power
 
     return factor
 
 
 def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
         optimizer: torch.optim.Optimizer | None = None, lr: float = 0.01, momentum: float = 0.9,
-        weight_decay: float = 1e-4, poly_power: float = 0.9, schedule: str | None = "poly",
+        weight_decay: float = 1e-4, poly_power: float = 0.9, schedule: str | None = "poly", warmup_steps: int = 0,
         aux_weights: Mapping[str, float] | None = None, loss_fn: LossFn | None = None,
         device: torch.device | str | None = None, num_classes: int | None = None,
         amp: bool | str | torch.dtype | None = None, channels_last: bool | None = None,
@@ -88,7 +97,10 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
 
     The recipe: SGD with momentum and weight decay (unless ``optimizer`` is
     given) and the per-iteration poly decay ``(1 - it / max_it) ** poly_power``
-    (``schedule=None`` keeps the learning rate fixed); the model's own loss
+    (``schedule=None`` keeps the learning rate fixed), after a linear warm-up over
+    the first ``warmup_steps`` optimiser steps when that is above 0 (see
+    :func:`poly_schedule`; for a transformer, pass an AdamW built on
+    :func:`segbook.optim.param_groups_weight_decay` as ``optimizer``); the model's own loss
     (:func:`segbook.losses.model_loss`: pixel-wise cross entropy that skips 255,
     plus PointRend's point loss for PointRend), or ``loss_fn(outputs, target)``
     when given. On CUDA, by default, float16 autocast with a GradScaler and
@@ -136,6 +148,8 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
         raise ValueError(f"epochs must be a positive int, got {epochs!r}.")
     if schedule not in ("poly", None):
         raise ValueError(f"schedule={schedule!r}: use 'poly' or None (a fixed learning rate).")
+    if warmup_steps and schedule is None:
+        raise ValueError(f"warmup_steps={warmup_steps!r} needs schedule='poly' (the warm-up leads into the decay).")
     _length(train_loader)  # fails early, with a clear message, for a loader without a length
     device = torch.device(device) if device is not None else get_device()
     group = init_distributed(device)
@@ -153,11 +167,13 @@ def fit(model: nn.Module, train_loader, val_loader, *, epochs: int,
         model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
         optimizer, scheduler, scaler = _optimization(
             model, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
-            poly_power=poly_power, total_steps=epochs * steps_per_epoch, amp_dtype=amp_dtype, device=device)
+            poly_power=poly_power, warmup_steps=warmup_steps, total_steps=epochs * steps_per_epoch,
+            amp_dtype=amp_dtype, device=device)
         loss_fn = loss_fn or model_loss(model, aux_weights)
         config = {"model": type(model).__name__, "optimizer": type(optimizer).__name__, "lr": lr,
                   "momentum": momentum, "weight_decay": weight_decay, "schedule": schedule, "poly_power": poly_power,
-                  "seed": seed, "epochs": epochs, **(run_config or {})}
+                  "seed": seed, "epochs": epochs, **({"warmup_steps": warmup_steps} if warmup_steps else {}),
+                  **(run_config or {})}  # no warm-up, no key: checkpoints written before it resume as they did
         last, best = _checkpoint_files(checkpoint_dir, say, clean=main)  # another rank's .tmp may be mid-write
         history, best_miou, start, kept_epoch = _starting_point(
             resume, last, model, optimizer, scheduler, scaler, train_loader, epochs, config, say, device, group)
@@ -248,12 +264,12 @@ _resume = resume  # fit's keyword of the same name hides the function inside it
 
 
 def _optimization(model: nn.Module, optimizer: torch.optim.Optimizer | None, *, lr: float, momentum: float,
-                  weight_decay: float, schedule: str | None, poly_power: float, total_steps: int,
-                  amp_dtype: torch.dtype | None, device: torch.device) -> tuple:
-    """(optimizer, scheduler, scaler): the given optimizer or SGD, the poly decay per step, the float16 scaler."""
+                  weight_decay: float, schedule: str | None, poly_power: float, warmup_steps: int,
+                  total_steps: int, amp_dtype: torch.dtype | None, device: torch.device) -> tuple:
+    """(optimizer, scheduler, scaler): the given optimizer or SGD, warm-up and poly decay per step, the float16 scaler."""
     optimizer = optimizer or torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
                                              momentum=momentum, weight_decay=weight_decay)
-    scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(total_steps, poly_power))
+    scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(total_steps, poly_power, warmup_steps))
                  if schedule == "poly" else None)
     scaler = torch.amp.GradScaler(device.type, enabled=scaler_enabled(amp_dtype, device))  # off but for float16
     return optimizer, scheduler, scaler

@@ -4,6 +4,7 @@ The chapters import from here. Each tool lives in a module named for it, so a
 reader who wants to see how it works knows where to look:
 
 * :mod:`segbook.loop`: ``fit``, the training loop, and ``poly_schedule``;
+* :mod:`segbook.optim`: ``param_groups_weight_decay``, no weight decay on norms and biases;
 * :mod:`segbook.losses`: ``segmentation_loss`` and each model's own loss;
 * :mod:`segbook.evaluation`: ``evaluate``, one image per forward pass;
 * :mod:`segbook.checkpoints`: atomic files, ``save_checkpoint``/``load_checkpoint``, resume;
@@ -23,10 +24,11 @@ from .evaluation import evaluate
 from .inference import predict, predict_logits, sliding_windows
 from .losses import model_loss, segmentation_loss
 from .loop import TrainingDiverged, fit, poly_schedule
+from .optim import param_groups_weight_decay
 
 __all__ = [
     "TrainingDiverged", "segmentation_loss", "model_loss", "fit", "evaluate", "predict", "predict_logits",
-    "sliding_windows", "poly_schedule", "load_checkpoint", "save_checkpoint", "main",
+    "sliding_windows", "poly_schedule", "param_groups_weight_decay", "load_checkpoint", "save_checkpoint", "main",
 ]
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ _resume = resume  # fit's keyword of the same name hides the function inside it
 def _optimization(model: nn.Module, optimizer: torch.optim.Optimizer | None, *, lr: float, momentum: float,
                   weight_decay: float, schedule: str | None, poly_power: float, warmup_steps: int,
                   total_steps: int, amp_dtype: torch.dtype | None, device: torch.device) -> tuple:
-    """(optimizer, scheduler, scaler): the given optimizer or SGD, warm-up and poly decay per step, the float16 scaler."""
+    """(optimizer, scheduler, scaler): the given optimizer or SGD, warm-up and poly per step, the float16 scaler."""
     optimizer = optimizer or torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
                                              momentum=momentum, weight_decay=weight_decay)
     scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(total_steps, poly_power, warmup_steps))

@@ -1,14 +1,10 @@
 """What training did to a Mix Transformer: how sharp its attention is, and how far its weights moved.
 
-A transformer that scores no better than "background everywhere" invites a
-story (attention needs more data, say). These two measurements test one:
-
-* :func:`attention_entropy`: the entropy of each query's softmax weights, in
-  nats. Uniform attention over ``n`` keys has the maximum, ``log n``; a query
-  that picks out a few keys has far less. Near ``log n`` after training, the
-  attention still averages everything, as it did at initialisation;
-* :func:`relative_change`: ``||w - w0|| / ||w0||`` for groups of weights, the
-  distance each moved from its initial value, in units of its own size.
+Measurements instead of a story about why a transformer did (not) learn:
+:func:`attention_entropy` is each query's softmax entropy in nats, at most
+``log n`` for uniform attention over ``n`` keys (near it, the attention still
+averages everything, as at initialisation); :func:`relative_change` is
+``||w - w0|| / ||w0||``, how far a group of weights moved in units of its size.
 """
 from __future__ import annotations
 
@@ -33,10 +29,8 @@ MIT_WEIGHT_GROUPS = {"query/key": r"\.attn\.(query|key)\.weight$",
 def attention_entropy(encoder: MixTransformer, images: Iterable[Tensor]) -> dict[str, dict[str, float]]:
     """Per stage: the mean attention entropy (``entropy``, nats) and the mean ``log_keys``, its uniform maximum.
 
-    The mean runs over every block, head and query of the stage and over
-    ``images`` (each (3, H, W), run one at a time, so each at its own size);
-    ``log_keys`` is averaged the same way, because the number of keys
-    depends on an image's size.
+    Means over the stage's blocks, heads and queries and over ``images`` (each
+    (3, H, W), run alone at its own size, which sets the number of keys).
     """
     sums = {name: [0.0, 0.0, 0] for name in STAGES}  # entropy, log keys, count
 

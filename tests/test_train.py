@@ -617,35 +617,6 @@ def test_python_m_segbook_train_is_the_command_line(capsys):
 # -- the recipe's options ---------------------------------------------------------------------------------
 
 
-def test_warm_up_ramps_linearly_then_decays():
-    f = poly_schedule(10, power=1.0, warmup_steps=4)
-    assert [f(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert [f(i) for i in range(4, 11)] == pytest.approx([1 - k / 6 for k in range(7)])  # linear to 0 at the end
-    assert poly_schedule(10, power=0)(7) == 1.0  # power 0: a fixed rate
-    with pytest.raises(ValueError, match="warmup_steps=10"):
-        poly_schedule(10, warmup_steps=10)
-
-
-def test_fit_warms_up_per_step():
-    _, history = run(epochs=2, warmup_steps=4, poly_power=1.0)
-    steps = len(loaders()[0])  # 3 steps an epoch: the second epoch starts at step 3, inside the warm-up
-    assert history[0]["lr"] == pytest.approx(0.2 / 4) and history[1]["lr"] == pytest.approx(0.2 * (steps + 1) / 4)
-
-
-def test_param_groups_leave_norms_and_biases_undecayed():
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1, bias=False), nn.LayerNorm(2))
-    net.pos = nn.Parameter(torch.zeros(1, 5, 2))  # a position table: 3-D, excluded by name
-    net[2].weight.requires_grad_(False)
-    decay, no_decay = T.param_groups_weight_decay(net, 0.05, no_weight_decay=["pos"])
-    names = {id(p): n for n, p in net.named_parameters()}
-    assert [names[id(p)] for p in decay["params"]] == ["0.weight"] and decay["weight_decay"] == 0.05
-    assert sorted(names[id(p)] for p in no_decay["params"]) == ["0.bias", "1.bias", "1.weight", "3.bias", "3.weight",
-                                                               "pos"]
-    assert no_decay["weight_decay"] == 0.0  # and the frozen 2.weight is in neither group
-    opt = torch.optim.AdamW(T.param_groups_weight_decay(net, 0.05), lr=1e-3)
-    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
-
-
 def test_clip_grad_norm_bounds_every_step(monkeypatch):
     norms = []
     real = nn.utils.clip_grad_norm_

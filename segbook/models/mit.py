@@ -93,6 +93,13 @@ class EfficientSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         b, n, c = x.shape                                                  # (B, N, C)
+        attention, v = self.weights_and_values(x, size)                   # (B, heads, N, N/r^2), (B, heads, N/r^2, d)
+        out = (attention @ v).transpose(1, 2).reshape(b, n, c)            # (B, N, C)
+        return self.proj(out)                                              # (B, N, C)
+
+    def weights_and_values(self, x: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """The softmax weights (B, heads, N, N/r^2) and the values they mix: forward's first half, for inspection."""
+        b, n, _ = x.shape                                                  # (B, N, C)
         kv = x
         if self.sr_ratio > 1:
             kv = self.reduce(tokens_to_map(x, *size))                      # (B, C, h/r, w/r)
@@ -100,9 +107,7 @@ class EfficientSelfAttention(nn.Module):
         q = self.query(x).view(b, n, self.heads, -1).transpose(1, 2)      # (B, heads, N, d)
         k = self.key(kv).view(b, kv.shape[1], self.heads, -1).transpose(1, 2)    # (B, heads, N/r^2, d)
         v = self.value(kv).view(b, kv.shape[1], self.heads, -1).transpose(1, 2)  # (B, heads, N/r^2, d)
-        attention = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)  # (B, heads, N, N/r^2)
-        out = (attention @ v).transpose(1, 2).reshape(b, n, c)            # (B, N, C)
-        return self.proj(out)                                              # (B, N, C)
+        return (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1), v  # (B, heads, N, N/r^2), v
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, sr_ratio={self.sr_ratio}"

@@ -85,18 +85,25 @@ def poly_schedule(max_iters: int, power: float = 0.9, warmup_steps: int = 0) -> 
     return factor
 
 
-def param_groups_weight_decay(model: nn.Module, weight_decay: float, no_weight_decay: Iterable[str] = ()) -> list[dict]:
-    """The model's trainable parameters in two optimizer groups: with ``weight_decay``, and without.
+def param_groups_weight_decay(model: nn.Module, weight_decay: float, no_weight_decay_list: Iterable[str] = ()) -> list[dict]:
+    """Two optimizer groups, as timm's: ``[{no decay}, {"weight_decay": weight_decay}]``.
 
-    Decaying a norm's scale and shift, or a bias, pulls them towards 0 for no gain (they add no complexity), so
-    transformers exempt them, as timm does: every 1-D parameter, and the names in ``no_weight_decay`` (e.g.
-    positional embeddings). Use: ``torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=...)``."""
-    skip = set(no_weight_decay)
+    Decay is a regulariser on weight matrices and kernels; on a norm's scale and
+    shift or a bias it only shrinks activations the next layer must re-learn, so
+    every 1-D parameter, and every parameter named (or lying in a module named)
+    in ``no_weight_decay_list`` (a position table), gets none. Frozen parameters
+    are left out. Use: ``torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=...)``.
+    """
+    if isinstance(no_weight_decay_list, str):
+        raise TypeError(f"no_weight_decay_list must be a list of names, got the string {no_weight_decay_list!r}; "
+                        f"write ({no_weight_decay_list!r},).")
+    skip = set(no_weight_decay_list)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            listed = any(name == item or name.startswith(item + ".") for item in skip)
+            (no_decay if param.ndim <= 1 or listed else decay).append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
 class _NonFinite(Exception):

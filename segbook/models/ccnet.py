@@ -152,7 +152,7 @@ class CrissCrossAttention(_QueryKeyValue):
 
 
 class NonLocalBlock(_QueryKeyValue):
-    """A non-local block with criss-cross attention's shapes: DANet's position attention, CCNet's comparison."""
+    """A non-local block with criss-cross attention's shapes (DANet's position attention): the dense reference."""
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         return self._attend(non_local_attention, x, return_attention)

@@ -185,6 +185,21 @@ def test_parameter_counts_equal_the_reference(pair) -> None:
     assert sum(p.numel() for p in ours.parameters()) - head == resnet18 - 513_000     # torchvision's, less its fc
 
 
+def test_the_papers_configuration_has_the_references_parameter_count() -> None:
+    # transformers' default Mask2FormerConfig is the paper's (C = 256, 100 queries, 6 + 9 layers) on a backbone
+    # with ResNet-50's channels; a one-block-per-stage ResNet there keeps the build cheap (it is not compared)
+    from transformers import ResNetConfig
+    from segbook.models.mask2former import PAPER_SETTINGS
+    stand_in = ResNetConfig(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[1, 1, 1, 1],
+                            layer_type="bottleneck", out_features=["stage1", "stage2", "stage3", "stage4"])
+    reference = Mask2FormerForUniversalSegmentation(Mask2FormerConfig(backbone_config=stand_in, num_labels=150))
+    ours = build_model("mask2former", num_classes=150, **PAPER_SETTINGS)
+    head = sum(p.numel() for name, p in ours.named_parameters() if not name.startswith("backbone."))
+    assert head == sum(p.numel() for name, p in reference.named_parameters()
+                       if not name.startswith("model.pixel_level_module.encoder.")) == 20_533_335
+    assert round(sum(p.numel() for p in ours.parameters()) / 1e6) == 44                # the paper's R50: 44M
+
+
 def test_sine_position_embedding_is_the_references() -> None:
     embed = reference_module.Mask2FormerSinePositionEmbedding(num_position_features=32, normalize=True)
     for h, w in [(3, 4), (13, 17)]:
@@ -318,6 +333,27 @@ def test_ignored_pixels_count_for_no_mask(monkeypatch) -> None:
     assert torch.equal(costs[0], costs[1])                                    # the matching ignores them too
     unmasked, _ = mask2former_loss(changed, target.clamp_max(K - 1), num_points=400)  # the block counted
     assert unmasked.item() != before.item()
+
+
+def test_the_dense_loss_is_the_point_loss_at_every_cell_centre(monkeypatch) -> None:
+    g = torch.Generator().manual_seed(7)
+    matched = 3 * torch.randn(3, 9, 12, generator=g)                          # (R, h, w): a 33 x 47 label's grid
+    target = _target((33, 47))[1]
+    target[:6] = 255                                                          # rows that read cell row 0
+    regions, counted = semantic_targets(target[None], K)
+    (classes, masks), = regions
+    masks, counted = masks[:3], counted.expand(3, -1, -1)
+    y, x = torch.meshgrid((torch.arange(9) + 0.5) / 9, (torch.arange(12) + 0.5) / 12, indexing="ij")
+    centres = torch.stack([x, y], -1).reshape(1, 108, 2).expand(3, -1, -1)    # (R, h w, 2)
+    monkeypatch.setattr(set_criterion, "get_uncertain_point_coords_with_randomness", lambda *a, **kw: centres)
+    on_points = set_criterion.point_mask_losses(matched, masks, counted, 2, num_points=108)
+    dense = set_criterion.dense_mask_losses(matched, masks, counted, 2)
+    torch.testing.assert_close(dense, on_points)
+    # MaskFormer's: the logits upsampled to the label's size, every pixel scored; ignored pixels still count for nothing
+    full = set_criterion.dense_mask_losses(matched, masks, counted, 2, size=(33, 47))
+    changed = matched.clone()
+    changed[:, 0] = 50.0                                                      # cell row 0: pixel rows 0..4 only
+    torch.testing.assert_close(set_criterion.dense_mask_losses(changed, masks, counted, 2, size=(33, 47)), full)
 
 
 def test_a_region_at_the_edge_reads_whole_there() -> None:

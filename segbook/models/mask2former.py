@@ -39,7 +39,7 @@ from segbook.models.set_criterion import mask2former_loss
 __all__ = ["PAPER_SETTINGS", "Mask2Former", "MaskedAttentionDecoder", "MultiHeadAttention", "attention_mask",
            "semantic_inference"]
 
-# The paper's semantic-segmentation model with a ResNet-50 (Cheng et al., 2022, Table 10 and its configs):
+# The paper's semantic-segmentation model with a ResNet-50 (Cheng et al., 2022, and its detectron2 configs):
 # build_model("mask2former", **PAPER_SETTINGS). Trained there with AdamW (lr 1e-4, weight decay 0.05, the
 # backbone's lr x 0.1), poly decay, batch 16, 512 x 512 crops, 160k iterations on ADE20K.
 PAPER_SETTINGS = dict(backbone="resnet50", hidden_dim=256, num_queries=100, decoder_layers=9, encoder_layers=6,
@@ -239,9 +239,12 @@ class Mask2Former(nn.Module):
 
     @staticmethod
     def criterion(outputs: Mapping, target: Tensor, *, aux_weights: Mapping[str, float] | None = None,
-                  ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, dict[str, Tensor]]:
-        """:func:`~segbook.models.set_criterion.mask2former_loss` with the paper's settings."""
-        return mask2former_loss(outputs, target, aux_weights=aux_weights, ignore_index=ignore_index)
+                  ignore_index: int = IGNORE_INDEX, **settings) -> tuple[Tensor, dict[str, Tensor]]:
+        """:func:`~segbook.models.set_criterion.mask2former_loss`; by default with the paper's settings.
+
+        Other settings (``num_points=...``) go in through ``fit(..., loss_fn=partial(Mask2Former.criterion, ...))``.
+        """
+        return mask2former_loss(outputs, target, aux_weights=aux_weights, ignore_index=ignore_index, **settings)
 
     def __init__(self, num_classes: int = 21, backbone: str = "resnet18", hidden_dim: int = 64,
                  num_queries: int = 16, decoder_layers: int = 3, encoder_layers: int = 2, num_heads: int = 4,

@@ -50,10 +50,11 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from segbook.data.voc import IGNORE_INDEX
+from segbook.models.base import resize_to
 from segbook.models.pointrend import get_uncertain_point_coords_with_randomness, point_sample
 
-__all__ = ["LOSS_SETTINGS", "hungarian_match", "mask2former_loss", "mask_uncertainty", "matching_cost",
-           "pairwise_mask_costs",
+__all__ = ["LOSS_SETTINGS", "dense_mask_losses", "hungarian_match", "mask2former_loss", "mask_uncertainty",
+           "matching_cost", "pairwise_mask_costs",
            "point_mask_losses", "semantic_targets"]
 
 # The paper's settings (Cheng et al., 2022, and its detectron2 configs), used by default.
@@ -206,6 +207,15 @@ def mask_uncertainty(logits: Tensor) -> Tensor:
     return -logits.abs()
 
 
+def _bce_and_dice(logits: Tensor, labels: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Per mask: the weighted mean sigmoid BCE and the weighted dice loss over its points; (R, P) each -> (R,), (R,)."""
+    per_point = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # (R, P)
+    bce = (per_point * weights).sum(-1) / weights.sum(-1).clamp_min(_EPS)        # (R,)
+    probs = logits.sigmoid() * weights                                           # (R, P)
+    dice = 1 - (2 * (probs * labels).sum(-1) + 1) / (probs.sum(-1) + (labels * weights).sum(-1) + 1)  # (R,)
+    return bce, dice
+
+
 def point_mask_losses(matched: Tensor, true_masks: Tensor, counted: Tensor, num_masks: float, *,
                       num_points: int = LOSS_SETTINGS["num_points"],
                       oversample_ratio: float = LOSS_SETTINGS["oversample_ratio"],
@@ -228,11 +238,28 @@ def point_mask_losses(matched: Tensor, true_masks: Tensor, counted: Tensor, num_
             generator=generator)                                                  # (R, P, 2)
         weights = _read(counted, coords)                                          # (R, P)
         labels = _counted_labels(_read(true_masks, coords), weights)              # (R, P)
-    logits = _read(matched, coords.to(matched.dtype))                              # (R, P)
-    per_point = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # (R, P)
-    bce = (per_point * weights).sum(-1) / weights.sum(-1).clamp_min(_EPS)         # (R,)
-    probs = logits.sigmoid() * weights                                            # (R, P)
-    dice = 1 - (2 * (probs * labels).sum(-1) + 1) / (probs.sum(-1) + (labels * weights).sum(-1) + 1)  # (R,)
+    bce, dice = _bce_and_dice(_read(matched, coords.to(matched.dtype)), labels, weights)  # (R,), (R,)
+    return bce.sum() / num_masks, dice.sum() / num_masks
+
+
+def dense_mask_losses(matched: Tensor, true_masks: Tensor, counted: Tensor, num_masks: float,
+                      size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """The same two losses on every cell of a grid instead of on points: what the points save.
+
+    ``size=None`` scores the logits' own grid (h, w), the labels read at its cell
+    centres (the same reading as the points'); ``size=(H, W)`` upsamples the logits
+    bilinearly to the label's size first, as MaskFormer did. Arguments and result
+    as :func:`point_mask_losses`.
+    """
+    size = tuple(matched.shape[-2:]) if size is None else tuple(size)
+
+    def to_size(maps: Tensor) -> Tensor:  # (R, h', w') -> (R, size[0] size[1])
+        return resize_to(maps[:, None], size).flatten(1)
+
+    with torch.no_grad():
+        weights = to_size(counted)                                                # (R, h' w')
+        labels = _counted_labels(to_size(true_masks), weights)                    # (R, h' w')
+    bce, dice = _bce_and_dice(to_size(matched), labels, weights)                  # (R,), (R,)
     return bce.sum() / num_masks, dice.sum() / num_masks
 
 

@@ -11,6 +11,11 @@ forward and backward) computed three ways on the same predictions and labels:
 * ``dense input size``: the logits upsampled bilinearly to H x W and every
   pixel scored, as MaskFormer did: ``dense_mask_losses(..., size=(H, W))``.
 
+The same three ways are timed for the matching cost of one image (no gradient;
+the (N, T) cost of every query against every region, :func:`matching_cost`): on
+P points drawn uniformly (Mask2Former), on every stride-4 cell (MaskFormer
+matched there) or on every pixel.
+
 The setting is the full profile's: a batch of B 512 x 512 crops, N = 100
 queries whose (B, N, H/4, W/4) mask logits require a gradient, T regions per
 image, so R = B T matched masks (VOC crops hold two to four classes; the ratios
@@ -23,7 +28,7 @@ all alike. Peak memory: what the step allocates above what existed before it
 (``benchmarks/memory.py``: CUDA's counter, or the CPU profiler's allocation
 records), measured in its own untimed pass. Ratios are dense / points.
 
-    python benchmarks/mask2former_point_loss.py                  # CPU, about a minute
+    python benchmarks/mask2former_point_loss.py                  # CPU, under a minute
     python benchmarks/mask2former_point_loss.py --write          # store segbook/results/mask2former_point_loss.json
 
 Without ``--write`` the JSON goes to a scratch file (``--output`` to choose),
@@ -102,7 +107,7 @@ def mask_loss(method: str, inputs: dict, args: argparse.Namespace) -> None:
     (LOSS_SETTINGS["mask_weight"] * bce + LOSS_SETTINGS["dice_weight"] * dice).backward()
 
 
-PARTS = {"mask loss": mask_loss, "matching": match_cost}
+PARTS = {"mask loss of the batch": mask_loss, "matching cost of one image": match_cost}
 
 
 def measure(device: torch.device, args: argparse.Namespace) -> dict:
@@ -147,10 +152,10 @@ def main() -> None:
           f"R = {args.batch * args.regions} matched masks, P = {args.points}, {args.rounds} rounds (median), "
           f"{torch.get_num_threads()} threads")
     for part, table in rows.items():
-        print(f"\n{part:>9}: {'method':>17}  {'ms':>8}  {'peak MiB':>8}  {'time x':>6}  {'memory x':>8}  "
+        print(f"\n{part}:\n{'method':>17}  {'ms':>8}  {'peak MiB':>8}  {'time x':>6}  {'memory x':>8}  "
               f"{'scored/mask':>11}")
         for method, row in table.items():
-            print(f"{'':>9}  {method:>17}  {row['ms']:>8.1f}  {row['peak_mib']:>8.1f}  {row['time_x_points']:>6.2f}  "
+            print(f"{method:>17}  {row['ms']:>8.1f}  {row['peak_mib']:>8.1f}  {row['time_x_points']:>6.2f}  "
                   f"{row['memory_x_points']:>8.2f}  {row['scored_per_mask']:>11,}")
     settings = {key: getattr(args, key) for key in ("size", "batch", "queries", "regions", "points", "rounds",
                                                     "threads", "device")}

@@ -16,7 +16,11 @@ on the held-out images (a query "predicts" when a real class beats "no object"
 and its mask covers at least one cell).
 
     python experiments/mask2former_probe.py --lrs 1e-4 3e-4 1e-3 --epochs 3
-    python experiments/mask2former_probe.py --lrs 3e-4 --epochs 24 --backbone-factors 1
+    python experiments/mask2former_probe.py --lrs 1e-3 --epochs 24 --backbone-factors 1
+    python experiments/mask2former_probe.py --baseline --epochs 3     # FCN-8s on the same split, for scale
+
+``mask2former_probe_log.jsonl`` beside this script holds the first probe's rows (seed 0, one thread, timed
+on a machine shared with other jobs: its seconds are not the model's cost).
 """
 from __future__ import annotations
 
@@ -110,6 +114,19 @@ def run(lr: float, backbone_factor: float, epochs: int, seed: int, num_points: i
             "step_losses": loss_fn.steps, **query_use(model, held_loader)}
 
 
+def baseline(epochs: int, seed: int) -> dict:
+    """FCN-8s (ResNet-18) with chapter 7's quick recipe (SGD at 0.01, poly) on the same split, for scale."""
+    train_loader, held_loader = held_out_loaders(seed)
+    seed_everything(seed)
+    model = build_model("fcn8s", num_classes=NUM_CLASSES, backbone="resnet18")
+    history = fit(model, train_loader, held_loader, epochs=epochs, lr=0.01, device="cpu", num_classes=NUM_CLASSES,
+                  seed=seed, live_plot=False, progress=False, log=None)
+    return {"model": "fcn8s", "epochs": epochs, "seed": seed,
+            "seconds_per_epoch": [round(row["seconds"], 1) for row in history],
+            "held_miou": [round(row["val_miou"], 4) for row in history],
+            "held_pixel_acc": [round(row["val_pixel_acc"], 4) for row in history]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3])
@@ -119,8 +136,13 @@ def main() -> None:
     parser.add_argument("--num-points", type=int, default=12544)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=Path(tempfile.gettempdir()) / "mask2former_probe.jsonl")
+    parser.add_argument("--baseline", action="store_true", help="train FCN-8s on the same split instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.baseline:
+        for seed in args.seeds:
+            print(json.dumps(baseline(args.epochs, seed)), flush=True)
+        return
     for seed in args.seeds:
         for factor in args.backbone_factors:
             for lr in args.lrs:

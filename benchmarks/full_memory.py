@@ -7,7 +7,7 @@ For each chapter that trains, the model its full profile builds, at its crop,
 in mixed precision as ``fit`` runs it on CUDA (bfloat16 autocast on the CPU
 stands in for float16: both are 2 bytes), is tallied by
 :func:`segbook.step_memory.step_memory`: weights, gradients, SGD's momentum
-(AdamW's two moments for chapter 8) and the activations saved for backward. The tally is made at batch 2 and 3 and
+(AdamW's two moments for chapters 8 and 9) and the activations saved for backward. The tally is made at batch 2 and 3 and
 is linear in the batch (every saved activation is per image), so the full
 batch is ``fixed + per_image * batch``; the chapters read the JSON and say
 which card fits, and what batch a 15 GB card (Colab's T4) takes.
@@ -24,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 from segbook.models import build_model
+from segbook.models.mask2former import PAPER_SETTINGS
 from segbook.models.pointrend import PointRend
 from segbook.step_memory import CUDA_OVERHEAD_GIB, largest_batch, step_memory
 
@@ -48,6 +49,9 @@ CHAPTERS = {
     "08_segformer": (dict(model="segformer", backbone="mit_b0", crop_size=(512, 512), batch_size=8,
                           optimizer="adamw", optimizer_slots=2),
                      lambda: build_model("segformer", num_classes=NUM_CLASSES)),
+    "09_mask2former": (dict(model="mask2former", backbone="resnet50", crop_size=(512, 512), batch_size=8,
+                            num_points=12544, optimizer="adamw", optimizer_slots=2),
+                       lambda: build_model("mask2former", num_classes=NUM_CLASSES, **PAPER_SETTINGS)),
 }
 
 

@@ -21,7 +21,8 @@ writes them beside the ``check`` row as ``check_spread``; the tests compare the
 quantities whose configuration spread is far below their seed spread, with a
 tolerance derived from the measurement (and say so).
 
-    python -m experiments.check_spread [compare_all ccnet_compare context_compare pointrend_compare]
+    python -m experiments.check_spread [compare_all ccnet_compare context_compare pointrend_compare
+                                        mask2former_compare]
 
 Each run is a fresh process with the configuration's variables set; about
 four minutes for all four on two cores.
@@ -39,7 +40,7 @@ from tools.portability import CONFIGS  # the kernel choices a reader's machine m
 
 ROOT = Path(__file__).resolve().parent.parent
 
-NAMES = ("compare_all", "ccnet_compare", "context_compare", "pointrend_compare")
+NAMES = ("compare_all", "ccnet_compare", "context_compare", "pointrend_compare", "mask2former_compare")
 OTHER_SEEDS = (1, 2)
 SKIP = {"model", "name", "seed", "epochs", "counts", "seconds", "train_seconds"}
 

@@ -51,7 +51,8 @@ CONFIGS: dict[str, tuple[dict[str, str], str]] = {
 
 # The chapters and every test that re-runs a stored result.
 DEFAULT_PATHS = ["chapters", "tests/test_compare_all_results.py", "tests/test_context_results.py",
-                 "tests/test_pointrend_results.py", "tests/test_ccnet_results.py"]
+                 "tests/test_pointrend_results.py", "tests/test_ccnet_results.py",
+                 "tests/test_mask2former_results.py"]
 
 
 def python() -> str:

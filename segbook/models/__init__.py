@@ -15,7 +15,8 @@ from segbook.models.deeplab import DeepLabV3Plus
 from segbook.models.pointrend import PointRend
 from segbook.models.mit import MixTransformer
 from segbook.models.segformer import SegFormer
+from segbook.models.mask2former import Mask2Former
 
-__all__ = ["CCNet", "CrissCrossAttention", "DeepLabV3Plus", "FCN", "FCNHead", "MODELS", "MixTransformer", "PSPNet",
-           "PointRend", "PyramidPoolingModule", "ResNetBackbone", "SegFormer", "SegmentationModel", "Segmenter",
+__all__ = ["CCNet", "CrissCrossAttention", "DeepLabV3Plus", "FCN", "FCNHead", "MODELS", "Mask2Former", "MixTransformer",
+           "PSPNet", "PointRend", "PyramidPoolingModule", "ResNetBackbone", "SegFormer", "SegmentationModel", "Segmenter",
            "build_model", "model_loss", "register_model", "segmentation_loss"]

@@ -15,6 +15,10 @@ interleaved repeat so that a slow spell of a shared machine hits all alike:
 * peak training memory: what one forward + backward step of a batch of two
   256 x 256 crops allocates beyond the weights (``benchmarks/memory.py``).
 
+Chapter 7 prints its cost columns from ``benchmarks/model_latency.py`` instead,
+which times these seven beside chapter 8's SegFormer-B0 in one run; the costs
+stored here are this run's own.
+
 It writes ``segbook/results/compare_all.json`` (package data, loaded by chapter
 7) with one ``check`` row (FCN-32s, one epoch) that the tests repeat. Each row
 also records the loss of the first training step (:class:`FirstStepLoss`): the

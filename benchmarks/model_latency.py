@@ -21,8 +21,8 @@ timing and after it (the script's own threads count in the last two): run it
 when nothing else runs (``uptime`` shows the load; a load near the number of
 cores means another job is competing for them), niced like any long job::
 
-    nice -n 5 python benchmarks/model_latency.py                     # prints; writes nothing
-    nice -n 5 python benchmarks/model_latency.py --output segbook/results/model_latency.json
+    nice -n 5 python -m benchmarks.model_latency                     # prints; writes nothing
+    nice -n 5 python -m benchmarks.model_latency --output segbook/results/model_latency.json
 
 Chapter 7 prints its cost columns and its latency figure from the stored copy.
 A new model joins by one line in ``MODELS`` (label: registered name and
@@ -35,24 +35,22 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "experiments")]
-from memory import cpu_name, peak_bytes  # noqa: E402  benchmarks/memory.py
-from compare_all import MODELS as CHAPTER7  # noqa: E402  the seven trained models, with their settings
-
-from segbook.data import NUM_CLASSES  # noqa: E402
-from segbook.losses import model_loss  # noqa: E402
-from segbook.models import build_model  # noqa: E402
+from experiments.compare_all import MODELS as CHAPTER7  # the seven trained models, with their settings
+from experiments.harness import cpu_name, peak_bytes
+from experiments.mask2former_compare import MODELS as CHAPTER9
+from segbook.data import NUM_CLASSES
+from segbook.models import build_model
+from segbook.models.base import model_loss
 
 MODELS = {  # label: (registered model, keywords); every ResNet on a ResNet-18 unless the keywords say otherwise
     **CHAPTER7,  # FCN-32s, FCN-8s, dilated FCN, PSPNet, CCNet, DeepLabV3+, DeepLabV3+ & PointRend
     "SegFormer-B0": ("segformer", {"backbone": "mit_b0"}),  # chapter 8
+    **CHAPTER9,  # Mask2Former
 }
 REFERENCE = "FCN-32s"  # every ratio is to this model's median
 SIZE = 256

@@ -1,9 +1,10 @@
 """The stored side-by-side comparison (segbook/results/compare_all.json) is whole and reproduces.
 
-Chapter 7 loads the scores and costs of seven models trained by
+Chapter 7 loads the scores of seven models trained by
 ``experiments/compare_all.py`` (seven minutes on two cores) instead of training
-them. These tests check that the file holds a row for every model the script
-defines, with the costs the chapter prints, and re-run its check configuration
+them (their costs it prints from ``benchmarks/model_latency.py``'s run). These
+tests check that the file holds a row for every model the script defines, with
+the costs that run measured, and re-run its check configuration
 (FCN-32s, seed 0, one epoch). Of that run only the first training step's loss
 is compared: the epoch's scores and mean loss move between CPU configurations
 as much as between seeds (measured, stored beside the check; the last test).

@@ -41,14 +41,14 @@ def _step_data(ignored: bool) -> tuple[DataLoader, DataLoader]:
     return train, val
 
 
-def _one_step(batch_size: int, ignored: bool) -> dict[str, torch.Tensor]:
+def _one_step(batch_size: int, ignored: bool, global_mean: bool = False) -> dict[str, torch.Tensor]:
     """The weights after one SGD step of a float64 model without BatchNorm (nothing depends on the split)."""
     train, val = _step_data(ignored)
     train = DataLoader(train.dataset, batch_size=batch_size, shuffle=False)
     torch.manual_seed(0)
     model = TinySegmenter().double()
     fit(model, train, val, epochs=1, lr=0.5, device="cpu", num_classes=NUM_CLASSES, live_plot=False,
-        progress=False, log=None)
+        progress=False, log=None, processes=Processes(global_pixel_mean=global_mean))
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -96,7 +96,8 @@ def _scenarios(rank: int, tmp: str) -> dict:
         out["disagreement"] = None
     except RanksDisagree as err:
         out["disagreement"] = str(err)
-    torch.save({ignored: _one_step(2, ignored) for ignored in (False, True)}, Path(tmp, f"step{rank}.pt"))
+    torch.save({(ignored, global_mean): _one_step(2, ignored, global_mean)
+                for ignored in (False, True) for global_mean in (False, True)}, Path(tmp, f"step{rank}.pt"))
     return out
 
 
@@ -144,16 +145,20 @@ def test_two_ranks_resume_shard_and_step_exactly(tmp_path: Path) -> None:
 
     # one step of 2 processes with batch 2 against 1 process with batch 4, float64
     single = {ignored: _one_step(4, ignored) for ignored in (False, True)}
+    assert all(torch.equal(_one_step(4, True, True)[n], w) for n, w in single[True].items())  # 1 process: same
     torch.manual_seed(0)
     init = TinySegmenter().double().state_dict()
     for rank in range(2):
         two = torch.load(tmp_path / f"step{rank}.pt", weights_only=True)
         for name, weight in single[False].items():
             assert (weight - init[name]).abs().max() > 1e-3 or "bias" in name  # the step moved the weights
-            torch.testing.assert_close(two[False][name], weight, rtol=0, atol=1e-12)  # equal pixel counts: exact
-        # rank 1 counts fewer pixels: the mean of per-rank means weights its pixels more than one global mean
-        gap = max((two[True][n] - single[True][n]).abs().max().item() for n in single[True])
+            for global_mean in (False, True):  # equal pixel counts: both averages are exact
+                torch.testing.assert_close(two[False, global_mean][name], weight, rtol=0, atol=1e-12)
+        # rank 1 counts fewer pixels: the mean of per-rank means weights its pixels more than one global mean ...
+        gap = max((two[True, False][n] - single[True][n]).abs().max().item() for n in single[True])
         assert gap > 1e-6
+        for name, weight in single[True].items():  # ... and Processes(global_pixel_mean=True) does not
+            torch.testing.assert_close(two[True, True][name], weight, rtol=0, atol=1e-12)
 
 
 # -- PointRend through the command line --------------------------------------------------------------------

@@ -10,32 +10,23 @@ round, in a rotated order.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from segbook.results import load_results
 
 from _experiments import load_experiment
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
 
 def _benchmark():
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("model_latency", BENCHMARKS / "model_latency.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import model_latency
+    return model_latency
 
 
 def test_every_model_chapter_7_shows_is_timed_in_the_stored_run():
     stored, benchmark = load_results("model_latency"), _benchmark()
     trained = {**load_experiment("compare_all").MODELS,
-               **{label: tuple(spec) for label, spec in load_results("segformer_compare")["models"].items()}}
+               **{label: tuple(spec) for label, spec in load_results("segformer_compare")["models"].items()},
+               **{label: tuple(spec) for label, spec in load_results("mask2former_compare")["models"].items()}}
     for label, (name, extra) in trained.items():  # built as they were trained
         assert tuple(benchmark.MODELS[label]) == (name, extra), label
         assert stored["models"][label] == [name, extra], label

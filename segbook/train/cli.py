@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="data loader workers (default: 0 on 1-2 CPU cores, else up to 4)")
     add("--seed", type=int, default=0, help="seeds the model's initialisation, shuffling and augmentation; "
                                             "the same command gives the same run on a CPU (default: 0)")
+    add("--global-pixel-mean", action="store_true",
+        help="several processes: average the loss over the global batch's counted pixels, not per process")
     add("--sync-batchnorm", action="store_true",
         help="under torchrun on GPUs: BatchNorm statistics over the whole global batch (default: per "
              "process); ignored by a single process")
@@ -110,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wait for its verdict, so that all stop together or none does."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    processes = Processes(sync_batchnorm=args.sync_batchnorm)
+    processes = Processes(sync_batchnorm=args.sync_batchnorm, global_pixel_mean=args.global_pixel_mean)
     try:
         device = processes.start(get_device(args.device, given_as="--device"))  # joined now: fetch the data once
     except (RuntimeError, ValueError) as err:

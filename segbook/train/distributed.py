@@ -177,14 +177,17 @@ class Processes:
         device_ids = [device.index if device.index is not None else self.local_rank] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
-    def loss_weight(self, target: Tensor, ignore_index: int) -> Tensor | float:
-        """The factor that turns this process's mean loss into its share of the global pixel mean (else 1)."""
+    def loss_weight(self, target: Tensor, ignore_index: int) -> float:
+        """The factor that turns this process's mean loss into its share of the global pixel mean (else 1).
+
+        A Python float, so that the product keeps the loss's dtype and the ratio its float64 precision.
+        """
         if not (self.several and self.global_pixel_mean):
             return 1.0
         counted = (target != ignore_index).sum().double()  # ()
         everywhere = counted.clone()
         dist.all_reduce(everywhere)  # () over every process
-        return (self.world_size * counted / everywhere.clamp_min(1)).float()
+        return (self.world_size * counted / everywhere.clamp_min(1)).item()
 
     def mean(self, value: float, device: torch.device) -> float:
         """The mean of ``value`` over the processes: what each one logs, so that all log the same (NaN spreads)."""

@@ -25,7 +25,7 @@ this loss for each of its 10 predictions (9 layers and the queries' own).
 Time: the median over ``--rounds`` of one forward + backward, the methods
 interleaved with their order rotating every round so that a busy machine slows
 all alike. Peak memory: what the step allocates above what existed before it
-(``benchmarks/memory.py``: CUDA's counter, or the CPU profiler's allocation
+(``experiments/harness.py``: CUDA's counter, or the CPU profiler's allocation
 records), measured in its own untimed pass. Ratios are dense / points.
 
     python -m benchmarks.mask2former_point_loss                  # CPU, under a minute

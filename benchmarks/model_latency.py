@@ -13,7 +13,7 @@ is built in this one process and timed in turns:
   median time of each model, its quartiles, and the ratio of its median to
   FCN-32s's (the absolute times belong to the machine);
 * memory: what one forward + backward step of a batch of two 256 x 256 crops
-  allocates beyond the weights and their gradients (``benchmarks/memory.py``'s
+  allocates beyond the weights and their gradients (``experiments/harness.py``'s
   ``peak_bytes``), measured before the timing.
 
 The system's load average is recorded when the script starts, before the

@@ -28,7 +28,7 @@ How it is measured, the same on every machine:
   forward, what a batch of one holds until its backward runs; it is exact
   arithmetic on meta tensors, so a dense 65,536-cell layer that keeps 16 GiB
   is tallied without allocating it. ``--check`` also measures the real CPU peak of
-  a forward + backward with ``torch.profiler`` (``benchmarks/memory.py``) for the
+  a forward + backward with ``torch.profiler`` (``experiments/harness.py``) for the
   layers that fit in ``--max-gib``, beside the tally.
 
 Usage::
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
                              "saved": "bytes autograd saves for the backward, distinct storages, "
                                       "no weights, no input (saved_tensors_hooks, meta tensors)",
                              "peak": "CPU peak of forward + backward from torch.profiler's allocation "
-                                     "records (benchmarks/memory.py), where measured"},
+                                     "records (experiments/harness.py), where measured"},
                   "cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
                   "machine": platform.machine(), "attention": attention, "models": models}
         args.output.write_text(json.dumps(stored, indent=1) + "\n")

@@ -13,7 +13,7 @@ interleaved repeat so that a slow spell of a shared machine hits all alike:
   median of ``--repeats``; reported as a ratio to FCN-32s (absolute times are
   this machine's);
 * peak training memory: what one forward + backward step of a batch of two
-  256 x 256 crops allocates beyond the weights (``benchmarks/memory.py``).
+  256 x 256 crops allocates beyond the weights (``experiments/harness.py``).
 
 Chapter 7 prints its cost columns from ``benchmarks/model_latency.py`` instead,
 which times these seven beside chapter 8's SegFormer-B0 in one run; the costs

@@ -28,7 +28,7 @@ set: background everywhere (mIoU) and the label prior's cross entropy (nats).
 
 Costs as in ``compare_all.py``: CPU latency of a 256 x 256 forward as a ratio
 to FCN-32s, measured side by side in this run, and the peak memory of a
-training step (``benchmarks/memory.py``); they do not depend on the recipe.
+training step (``experiments/harness.py``); they do not depend on the recipe.
 
 It writes its JSON after every run (a kill loses one): to a scratch file, or
 with ``--write`` to the shipped ``segbook/results/segformer_compare.json`` that

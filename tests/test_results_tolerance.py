@@ -52,5 +52,5 @@ def test_the_portability_check_runs_every_result_recheck():
     rechecks = {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")
                 if re.search(r"^from _experiments import .*assert_check_reproduces", p.read_text(), re.M)}
     assert rechecks == {f"tests/test_{name}_results.py" for name in
-                        ("ccnet", "context", "pointrend", "compare_all")}
+                        ("ccnet", "context", "pointrend", "compare_all", "mask2former")}
     assert rechecks <= set(DEFAULT_PATHS)

@@ -109,6 +109,17 @@ def test_fit_and_evaluate_stop_early_and_take_cudas_lines(rehearsal, tmp_path, c
     assert model.seen == {(False, None)}  # a chapter's explicit choice still wins
 
 
+def test_a_warm_up_keeps_its_share_of_the_shorter_schedule(rehearsal, capsys):
+    train, val = _loaders()  # 6 steps an epoch: 30 steps in 5 epochs, 12 in the rehearsal's 2
+    with pytest.raises(ValueError, match="warmup_steps=12"):  # what the cut would do to 12 of 30 steps
+        segbook.train.fit(Counting(), train, val, epochs=2, warmup_steps=12, device="cpu", num_classes=3,
+                          live_plot=False, progress=False, log=None)
+    history = segbook.train.fit(Counting(), train, val, epochs=5, warmup_steps=12, lr=0.1, device="cpu",
+                                num_classes=3, live_plot=False, progress=False, log=None)
+    assert "warm-up shrinks with the schedule, to 4 steps" in capsys.readouterr().out  # 12 * 2 // 5
+    assert history[0]["lr"] == pytest.approx(0.1 / 4)  # the first step of a 4-step warm-up
+
+
 def test_outside_a_rehearsal_nothing_is_capped():
     train, val = _loaders()
     model = Counting()

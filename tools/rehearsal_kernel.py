@@ -8,7 +8,8 @@ of rehearsals:
 * ``segbook.setup`` grants the full profile on the CPU (VOC2012 must still be
   found, at ``SEGBOOK_VOC_ROOT``: the VOC-shaped set of ``make_rehearsal_data.py``);
 * ``fit`` trains at most :data:`EPOCHS` epochs of :data:`STEPS_PER_EPOCH` steps
-  (``epochs=``, ``max_steps_per_epoch=``), and it and ``evaluate`` score at most
+  (``epochs=``, ``max_steps_per_epoch=``; a warm-up keeps its share of the
+  shorter schedule), and it and ``evaluate`` score at most
   :data:`IMAGES` images (``max_val_images=``, ``max_images=``);
 * where a chapter leaves them to the default, ``fit`` and ``evaluate`` take
   CUDA's lines on the CPU: autocast (bfloat16, where CUDA would use float16) and
@@ -62,6 +63,9 @@ def _setup(seed: int = 0, profile=None, download_voc: bool = False, *, verbose: 
 def _fit(*args, epochs: int, **kwargs):
     if epochs > EPOCHS:
         _announce("epochs", f"fit stops after {EPOCHS} of its {epochs} epochs")
+        if kwargs.get("warmup_steps"):  # the same share of the shorter schedule (it must end before the run)
+            kwargs["warmup_steps"] = kwargs["warmup_steps"] * EPOCHS // epochs
+            _announce("warmup", f"the warm-up shrinks with the schedule, to {kwargs['warmup_steps']} steps")
     _announce("steps", f"each epoch stops after {STEPS_PER_EPOCH} step (the schedule is laid out for whole epochs)")
     kwargs.update(max_steps_per_epoch=STEPS_PER_EPOCH, max_val_images=IMAGES)
     return _ORIGINAL["fit"](*args, epochs=min(epochs, EPOCHS), **_as_on_cuda(kwargs))
